@@ -1,0 +1,181 @@
+#include "mybag/checks.h"
+
+#include <c10/util/Exception.h>
+
+namespace mybag {
+
+Mode parse_mode(std::string_view mode) {
+  if (mode == "sum") return Mode::Sum;
+  if (mode == "mean") return Mode::Mean;
+  if (mode == "max") return Mode::Max;
+  TORCH_CHECK_VALUE(false, "embedding_bag: mode has to be one of 'sum', 'mean' or 'max', but got '",
+                    mode, "'");
+}
+
+Mode mode_from_int(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 2,
+              "embedding_bag: mode has to be 0 (sum), 1 (mean) or 2 (max), but got ", mode);
+  return static_cast<Mode>(mode);
+}
+
+const char* mode_name(Mode mode) {
+  switch (mode) {
+    case Mode::Sum: return "sum";
+    case Mode::Mean: return "mean";
+    case Mode::Max: return "max";
+  }
+  return "?";
+}
+
+namespace {
+
+bool is_index_dtype(at::ScalarType t) {
+  return t == at::kInt || t == at::kLong;
+}
+
+bool is_supported_weight_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+}  // namespace
+
+void check_inputs(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& offsets,
+    const std::optional<at::Tensor>& per_sample_weights,
+    Mode mode,
+    bool include_last_offset,
+    bool index_dtypes_may_differ) {
+  TORCH_CHECK_VALUE(weight.dim() == 2,
+                    "embedding_bag: weight has to be a 2-D tensor (num_embeddings, embedding_dim), "
+                    "but got a tensor of dimension ", weight.dim(), " and shape ", weight.sizes());
+  TORCH_CHECK(is_supported_weight_dtype(weight.scalar_type()),
+              "embedding_bag: weight has to be float32, float64, float16 or bfloat16, but got ",
+              weight.scalar_type());
+  TORCH_CHECK(is_index_dtype(input.scalar_type()),
+              "embedding_bag: input has to hold int32 or int64 indices, but got ",
+              input.scalar_type());
+  TORCH_CHECK(input.device() == weight.device(),
+              "embedding_bag: input and weight have to be on the same device, but input is on ",
+              input.device(), " and weight on ", weight.device());
+
+  const bool has_offsets = offsets.has_value() && offsets->defined();
+  if (input.dim() == 2) {
+    TORCH_CHECK_VALUE(!has_offsets,
+                      "embedding_bag: offsets has to be None when input is 2-D (each row of input "
+                      "is a bag), but got offsets of shape ", has_offsets ? offsets->sizes() : at::IntArrayRef{});
+  } else if (input.dim() == 1) {
+    TORCH_CHECK_VALUE(has_offsets,
+                      "embedding_bag: offsets has to be a 1-D tensor when input is 1-D, but got None");
+    TORCH_CHECK_VALUE(offsets->dim() == 1,
+                      "embedding_bag: offsets has to be a 1-D tensor, but got a tensor of dimension ",
+                      offsets->dim(), " and shape ", offsets->sizes());
+    TORCH_CHECK(is_index_dtype(offsets->scalar_type()),
+                "embedding_bag: offsets has to hold int32 or int64 values, but got ",
+                offsets->scalar_type());
+    TORCH_CHECK(index_dtypes_may_differ || offsets->scalar_type() == input.scalar_type(),
+                "embedding_bag: input and offsets have to share one dtype here, but got ",
+                input.scalar_type(), " and ", offsets->scalar_type());
+    TORCH_CHECK(offsets->device() == weight.device(),
+                "embedding_bag: offsets and weight have to be on the same device, but offsets is on ",
+                offsets->device(), " and weight on ", weight.device());
+    TORCH_CHECK_VALUE(!include_last_offset || offsets->sym_numel() >= 1,
+                      "embedding_bag: include_last_offset=True needs offsets with B + 1 entries for B "
+                      "bags (at least 1), but got an empty offsets");
+  } else {
+    TORCH_CHECK_VALUE(false,
+                      "embedding_bag: input has to be a 1-D tensor (with offsets) or a 2-D tensor "
+                      "(one bag a row), but got a tensor of dimension ", input.dim(),
+                      " and shape ", input.sizes());
+  }
+
+  if (per_sample_weights.has_value() && per_sample_weights->defined()) {
+    const auto& psw = *per_sample_weights;
+    TORCH_CHECK_NOT_IMPLEMENTED(mode == Mode::Sum,
+                                "embedding_bag: per_sample_weights is only supported with mode='sum', "
+                                "but got mode='", mode_name(mode), "'");
+    TORCH_CHECK_VALUE(psw.sym_sizes() == input.sym_sizes(),
+                      "embedding_bag: per_sample_weights has to have the shape of input ",
+                      input.sym_sizes(), ", but got shape ", psw.sym_sizes());
+    TORCH_CHECK(psw.scalar_type() == weight.scalar_type(),
+                "embedding_bag: per_sample_weights has to have the dtype of weight (",
+                weight.scalar_type(), "), but got ", psw.scalar_type());
+    TORCH_CHECK(psw.device() == weight.device(),
+                "embedding_bag: per_sample_weights and weight have to be on the same device, but "
+                "per_sample_weights is on ", psw.device(), " and weight on ", weight.device());
+  }
+}
+
+void check_padding_idx(std::optional<int64_t> padding_idx, const c10::SymInt& num_weights) {
+  if (!padding_idx.has_value()) {
+    return;
+  }
+  const c10::SymInt p(*padding_idx);
+  TORCH_CHECK(p >= -num_weights && p < num_weights,
+              "embedding_bag: padding_idx has to be within [-num_embeddings, num_embeddings) = [",
+              -num_weights, ", ", num_weights, "), but got ", *padding_idx);
+}
+
+int64_t normalize_padding_idx(std::optional<int64_t> padding_idx, int64_t num_weights) {
+  check_padding_idx(padding_idx, c10::SymInt(num_weights));
+  if (!padding_idx.has_value()) {
+    return -1;
+  }
+  return *padding_idx < 0 ? *padding_idx + num_weights : *padding_idx;
+}
+
+void check_max_norm(double max_norm) {
+  TORCH_CHECK_VALUE(max_norm >= 0, "embedding_bag: max_norm has to be a number >= 0, but got ",
+                    max_norm);
+}
+
+c10::SymInt num_bags(
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& offsets,
+    bool include_last_offset) {
+  if (input.dim() == 2) {
+    return input.sym_size(0);
+  }
+  return offsets->sym_size(0) - (include_last_offset ? 1 : 0);
+}
+
+void check_grad(const at::Tensor& grad, const c10::SymInt& bags, const c10::SymInt& embedding_dim,
+                at::ScalarType weight_dtype) {
+  TORCH_CHECK(grad.dim() == 2 && grad.sym_size(0) == bags && grad.sym_size(1) == embedding_dim,
+              "embedding_bag backward: grad has to have shape (", bags, ", ", embedding_dim,
+              "), but got ", grad.sym_sizes());
+  TORCH_CHECK(grad.scalar_type() == weight_dtype,
+              "embedding_bag backward: grad has to have the dtype of weight (", weight_dtype,
+              "), but got ", grad.scalar_type());
+}
+
+void fail_index_out_of_range(int64_t position, int64_t index, int64_t num_weights) {
+  TORCH_CHECK_INDEX(false, "embedding_bag: input[", position, "] = ", index,
+                    " is out of range for weight with ", num_weights,
+                    " rows (num_embeddings); expected 0 <= index < ", num_weights);
+}
+
+void fail_first_offset(int64_t first_offset) {
+  TORCH_CHECK(false, "embedding_bag: offsets[0] has to be 0 (the first bag starts at the start of "
+                     "input), but got offsets[0] = ", first_offset);
+}
+
+void fail_decreasing_offsets(int64_t position, int64_t offset, int64_t previous) {
+  TORCH_CHECK(false, "embedding_bag: offsets have to be non-decreasing, but got offsets[", position,
+              "] = ", offset, " < offsets[", position - 1, "] = ", previous);
+}
+
+void fail_offset_past_end(int64_t position, int64_t offset, int64_t num_indices) {
+  TORCH_CHECK(false, "embedding_bag: offsets[", position, "] = ", offset,
+              " is past the end of input, which holds ", num_indices,
+              " indices; expected offsets <= ", num_indices);
+}
+
+void fail_max_index_out_of_range(int64_t index, int64_t num_weights) {
+  TORCH_CHECK_INDEX(false, "embedding_bag backward: max_indices holds ", index,
+                    ", out of range for weight with ", num_weights,
+                    " rows; expected -1 <= index < ", num_weights);
+}
+
+}  // namespace mybag

@@ -1,0 +1,66 @@
+// Argument validation shared by the public op, every device's kernels and the Meta kernels:
+// one home for each error message, so CPU, CUDA and torch.compile users all read the same text.
+//
+// Exception types follow torch.nn.functional.embedding_bag: ValueError for shapes, the mode and
+// the presence of offsets; IndexError for an index out of range; NotImplementedError for
+// per_sample_weights outside sum mode; RuntimeError for the rest (dtypes, devices, offsets'
+// values, padding_idx).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace mybag {
+
+enum class Mode : int64_t { Sum = 0, Mean = 1, Max = 2 };
+
+// "sum" | "mean" | "max"; anything else is a ValueError naming the value.
+Mode parse_mode(std::string_view mode);
+// The internal ops carry the mode as torch's integer; anything else is a RuntimeError.
+Mode mode_from_int(int64_t mode);
+const char* mode_name(Mode mode);
+
+// Checks everything that does not need the indices' values: dimensions, dtypes, devices, the
+// presence and shape of offsets, per_sample_weights against mode and input. The public op lets
+// input and offsets have different integer dtypes; the internal ops need them equal.
+void check_inputs(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& offsets,
+    const std::optional<at::Tensor>& per_sample_weights,
+    Mode mode,
+    bool include_last_offset,
+    bool index_dtypes_may_differ);
+
+// Range-checks padding_idx against [-num_weights, num_weights) (num_weights may be symbolic under
+// torch.compile).
+void check_padding_idx(std::optional<int64_t> padding_idx, const c10::SymInt& num_weights);
+// Checks padding_idx and returns it as a row index, or -1 when there is none.
+int64_t normalize_padding_idx(std::optional<int64_t> padding_idx, int64_t num_weights);
+
+// max_norm has to be a number >= 0 (torch does not check: a negative one flips rows' signs).
+void check_max_norm(double max_norm);
+
+// Number of bags: rows of a 2-D input, else offsets' length (less one with include_last_offset).
+c10::SymInt num_bags(
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& offsets,
+    bool include_last_offset);
+
+// Checks the gradient handed to a backward op: (num_bags, D) and weight's dtype.
+void check_grad(const at::Tensor& grad, const c10::SymInt& bags, const c10::SymInt& embedding_dim,
+                at::ScalarType weight_dtype);
+
+// Messages for the value checks, which each device runs its own way (the CPU in one pass over
+// host memory; CUDA on the device). All throw.
+[[noreturn]] void fail_index_out_of_range(int64_t position, int64_t index, int64_t num_weights);
+[[noreturn]] void fail_first_offset(int64_t first_offset);
+[[noreturn]] void fail_decreasing_offsets(int64_t position, int64_t offset, int64_t previous);
+[[noreturn]] void fail_offset_past_end(int64_t position, int64_t offset, int64_t num_indices);
+[[noreturn]] void fail_max_index_out_of_range(int64_t index, int64_t num_weights);
+
+}  // namespace mybag

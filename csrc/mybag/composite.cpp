@@ -1,0 +1,79 @@
+// The public operator, mybag::embedding_bag, as a CompositeImplicitAutograd kernel: it runs on
+// every device and under every tracer by calling the internal ops, which hold the device
+// kernels, the Meta kernels and autograd.
+//
+// Order matters for "a failed call modifies nothing": every check that needs no index values
+// runs here first; the renorm op then checks the index values before it writes.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_to_copy.h>
+#include <c10/core/GradMode.h>
+#include <torch/library.h>
+
+#include <string_view>
+
+#include "mybag/checks.h"
+#include "mybag/internal_ops.h"
+
+namespace mybag {
+namespace {
+
+// input and offsets may be int32 and int64 in any mix: the kernels see one dtype, the wider.
+at::Tensor promoted(const at::Tensor& index, at::ScalarType common) {
+  return index.scalar_type() == common ? index : index.to(common);
+}
+
+at::Tensor embedding_bag_composite(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& offsets_arg,
+    std::optional<double> max_norm,
+    double norm_type,
+    bool scale_grad_by_freq,
+    c10::string_view mode_name_arg,
+    bool sparse,
+    const std::optional<at::Tensor>& per_sample_weights_arg,
+    bool include_last_offset_arg,
+    std::optional<int64_t> padding_idx) {
+  const Mode mode = parse_mode(std::string_view(mode_name_arg.data(), mode_name_arg.size()));
+  const auto offsets = offsets_arg.has_value() && offsets_arg->defined() ? offsets_arg : std::nullopt;
+  const auto per_sample_weights = per_sample_weights_arg.has_value() && per_sample_weights_arg->defined()
+                                      ? per_sample_weights_arg
+                                      : std::nullopt;
+  // A 2-D input is a batch of equal bags: include_last_offset does not apply (as in torch).
+  const bool include_last_offset = input.dim() == 2 ? false : include_last_offset_arg;
+  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset, true);
+  if (mode == Mode::Max) {
+    TORCH_CHECK_VALUE(!scale_grad_by_freq,
+                      "embedding_bag: mode='max' does not support scale_grad_by_freq=True");
+    TORCH_CHECK_VALUE(!sparse, "embedding_bag: mode='max' does not support sparse=True");
+  }
+  check_padding_idx(padding_idx, weight.sym_size(0));
+  if (max_norm.has_value()) {
+    check_max_norm(*max_norm);
+  }
+
+  at::Tensor indices = input;
+  std::optional<at::Tensor> bag_offsets = offsets;
+  if (offsets.has_value() && offsets->scalar_type() != input.scalar_type()) {
+    indices = promoted(input, at::kLong);
+    bag_offsets = promoted(*offsets, at::kLong);
+  }
+
+  if (max_norm.has_value()) {
+    // Renormalization is not part of the differentiated function (as in torch).
+    at::NoGradGuard no_grad;
+    at::Tensor table = weight;  // shares weight's storage: the op writes through it
+    ops::renorm_(table, indices, bag_offsets, include_last_offset, *max_norm, norm_type);
+  }
+  return std::get<0>(ops::forward(weight, indices, bag_offsets, per_sample_weights,
+                                  static_cast<int64_t>(mode), padding_idx, include_last_offset,
+                                  scale_grad_by_freq, sparse));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mybag, CompositeImplicitAutograd, m) {
+  m.impl("embedding_bag", &embedding_bag_composite);
+}
+
+}  // namespace mybag

@@ -1,0 +1,337 @@
+// CPU backward kernels. All are deterministic and free of races without atomics:
+// - sum/mean weight gradient: entries are grouped by row (a stable sort), and each group is
+//   reduced by one task in input order, in float (or double), then stored once;
+// - max weight gradient: tasks own disjoint column ranges and walk the bags in order;
+// - per-entry rows (the sparse gradient's values) and the per_sample_weights gradient: tasks own
+//   ranges of bags.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "mybag/checks.h"
+#include "mybag/cpu/layout.h"
+#include "mybag/cpu/rows.h"
+
+namespace mybag::cpu {
+namespace {
+
+// Entries of input grouped by the row they index, in input order within a group.
+struct RowGroups {
+  at::Tensor order;             // int64 (N,): entry numbers sorted by row, stably
+  at::Tensor sorted_rows;       // (N,): input sorted
+  std::vector<int64_t> starts;  // group g is order[starts[g] : starts[g + 1]]
+};
+
+template <typename index_t>
+RowGroups group_by_row(const at::Tensor& flat_input) {
+  RowGroups groups;
+  std::tie(groups.sorted_rows, groups.order) =
+      at::sort(flat_input, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const index_t* rows = groups.sorted_rows.const_data_ptr<index_t>();
+  const int64_t n = flat_input.numel();
+  for (int64_t k = 0; k < n; ++k) {
+    if (k == 0 || rows[k] != rows[k - 1]) groups.starts.push_back(k);
+  }
+  groups.starts.push_back(n);
+  return groups;
+}
+
+// What entry i of bag `bag` contributes per unit of the bag's gradient: its per-sample weight,
+// over the bag's non-padding count in mean mode, over its row's frequency with
+// scale_grad_by_freq. The dense and the sparse gradient both use it.
+template <typename acc_t, typename scalar_t>
+struct EntryScale {
+  const scalar_t* per_sample_weights;  // nullptr when absent
+  const int64_t* bag_counts;           // non-padding counts in mean mode, else nullptr
+
+  acc_t operator()(int64_t entry, int64_t bag, int64_t row_frequency) const {
+    acc_t scale = per_sample_weights ? static_cast<acc_t>(per_sample_weights[entry]) : acc_t(1);
+    if (bag_counts) scale /= static_cast<acc_t>(bag_counts[bag]);
+    if (row_frequency > 0) scale /= static_cast<acc_t>(row_frequency);
+    return scale;
+  }
+};
+
+struct BackwardInputs {
+  at::Tensor input;  // contiguous
+  std::optional<at::Tensor> offsets;
+  at::Tensor per_sample_weights;  // contiguous, or undefined
+  at::Tensor grad;                // contiguous (num_bags, dim)
+  int64_t padding_row;
+  bool include_last_offset;
+  int64_t num_bags;
+  int64_t dim;
+};
+
+BackwardInputs prepare(const at::Tensor& grad, const at::Tensor& input,
+                       const std::optional<at::Tensor>& offsets,
+                       const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                       std::optional<int64_t> padding_idx, bool include_last_offset,
+                       int64_t num_weights) {
+  TORCH_CHECK(num_weights >= 0, "embedding_bag backward: num_weights has to be >= 0, but got ",
+              num_weights);
+  // grad stands in for weight in the shared checks: 2-D, a float dtype, the same device.
+  check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset, false);
+  const auto bags = num_bags(input, offsets, include_last_offset);
+  check_grad(grad, bags, grad.sym_size(1), grad.scalar_type());
+  BackwardInputs in;
+  in.padding_row = normalize_padding_idx(padding_idx, num_weights);
+  check_index_values(input, offsets, num_weights, include_last_offset);
+  in.input = input.contiguous();
+  if (offsets.has_value()) in.offsets = offsets->contiguous();
+  if (per_sample_weights.has_value() && per_sample_weights->defined()) {
+    in.per_sample_weights = per_sample_weights->contiguous();
+  }
+  in.grad = grad.contiguous();
+  in.include_last_offset = include_last_offset;
+  in.num_bags = bags.expect_int();
+  in.dim = grad.size(1);
+  return in;
+}
+
+template <typename scalar_t, typename index_t>
+void sum_mean_weight_grad(const BackwardInputs& in, bool mean, bool scale_grad_by_freq,
+                          at::Tensor& grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto layout = make_layout<index_t>(in.input, in.offsets, in.include_last_offset);
+  const index_t* indices = in.input.const_data_ptr<index_t>();
+  const auto bag_of = bag_of_entries(layout);
+  const auto counts = mean ? non_padding_counts(layout, indices, in.padding_row)
+                           : std::vector<int64_t>();
+  const EntryScale<acc_t, scalar_t> entry_scale{
+      in.per_sample_weights.defined() ? in.per_sample_weights.const_data_ptr<scalar_t>() : nullptr,
+      mean ? counts.data() : nullptr};
+  const RowGroups groups = group_by_row<index_t>(in.input);
+  const int64_t* order = groups.order.const_data_ptr<int64_t>();
+  const index_t* sorted_rows = groups.sorted_rows.const_data_ptr<index_t>();
+  const scalar_t* grad = in.grad.const_data_ptr<scalar_t>();
+  scalar_t* out = grad_weight.mutable_data_ptr<scalar_t>();
+  const int64_t dim = in.dim;
+  const int64_t num_groups = static_cast<int64_t>(groups.starts.size()) - 1;
+
+  at::parallel_for(0, num_groups, 16, [&](int64_t first, int64_t last) {
+    std::vector<acc_t> acc(dim);
+    for (int64_t g = first; g < last; ++g) {
+      const int64_t begin = groups.starts[g];
+      const int64_t end = groups.starts[g + 1];
+      const int64_t row = sorted_rows[begin];
+      if (row == in.padding_row) continue;
+      const int64_t frequency = scale_grad_by_freq ? end - begin : 0;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t entry = order[k];
+        const int64_t bag = bag_of[entry];
+        if (bag < 0) continue;
+        add_scaled_row(acc.data(), grad + bag * dim, 1, dim, entry_scale(entry, bag, frequency));
+      }
+      scalar_t* out_row = out + row * dim;
+      for (int64_t d = 0; d < dim; ++d) out_row[d] = static_cast<scalar_t>(acc[d]);
+    }
+  });
+}
+
+template <typename scalar_t>
+void max_weight_grad(const BackwardInputs& in, const at::Tensor& max_indices,
+                     at::Tensor& grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t* winners = max_indices.const_data_ptr<int64_t>();
+  const scalar_t* grad = in.grad.const_data_ptr<scalar_t>();
+  scalar_t* out = grad_weight.mutable_data_ptr<scalar_t>();
+  const int64_t dim = in.dim;
+  const int64_t bags = in.num_bags;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, bags));
+  at::parallel_for(0, dim, grain, [&](int64_t first, int64_t last) {
+    for (int64_t bag = 0; bag < bags; ++bag) {
+      for (int64_t d = first; d < last; ++d) {
+        const int64_t row = winners[bag * dim + d];
+        if (row < 0) continue;
+        scalar_t& target = out[row * dim + d];
+        target = static_cast<scalar_t>(static_cast<acc_t>(target) +
+                                       static_cast<acc_t>(grad[bag * dim + d]));
+      }
+    }
+  });
+}
+
+void check_max_indices(const at::Tensor& max_indices, int64_t bags, int64_t dim,
+                       int64_t num_weights) {
+  TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.dim() == 2 &&
+                  max_indices.size(0) == bags && max_indices.size(1) == dim,
+              "embedding_bag backward: max_indices has to be an int64 tensor of shape (", bags,
+              ", ", dim, ") in max mode, but got ", max_indices.scalar_type(), " of shape ",
+              max_indices.sizes());
+  const int64_t* winners = max_indices.const_data_ptr<int64_t>();
+  for (int64_t k = 0; k < max_indices.numel(); ++k) {
+    if (winners[k] < -1 || winners[k] >= num_weights) {
+      fail_max_index_out_of_range(winners[k], num_weights);
+    }
+  }
+}
+
+at::Tensor dense_backward(const at::Tensor& grad, const at::Tensor& input,
+                          const std::optional<at::Tensor>& offsets,
+                          const std::optional<at::Tensor>& per_sample_weights,
+                          const at::Tensor& max_indices, c10::SymInt num_weights_sym,
+                          int64_t mode_value, std::optional<int64_t> padding_idx,
+                          bool include_last_offset, bool scale_grad_by_freq) {
+  const Mode mode = mode_from_int(mode_value);
+  const int64_t num_weights = num_weights_sym.expect_int();
+  auto in = prepare(grad, input, offsets, per_sample_weights, mode, padding_idx,
+                    include_last_offset, num_weights);
+  auto grad_weight = at::zeros({num_weights, in.dim}, grad.options());
+  if (in.num_bags == 0 || in.dim == 0 || num_weights == 0) {
+    return grad_weight;
+  }
+  if (mode == Mode::Max) {
+    const auto winners = max_indices.contiguous();
+    check_max_indices(winners, in.num_bags, in.dim, num_weights);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                    "mybag_embedding_bag_max_backward_cpu",
+                                    [&] { max_weight_grad<scalar_t>(in, winners, grad_weight); });
+    return grad_weight;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                  "mybag_embedding_bag_backward_cpu", [&] {
+    AT_DISPATCH_INDEX_TYPES(in.input.scalar_type(), "mybag_embedding_bag_backward_cpu", [&] {
+      sum_mean_weight_grad<scalar_t, index_t>(in, mode == Mode::Mean, scale_grad_by_freq,
+                                              grad_weight);
+    });
+  });
+  return grad_weight;
+}
+
+template <typename scalar_t, typename index_t>
+void fill_per_entry_grad(const BackwardInputs& in, bool mean, bool scale_grad_by_freq,
+                         at::Tensor& values) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto layout = make_layout<index_t>(in.input, in.offsets, in.include_last_offset);
+  const index_t* indices = in.input.const_data_ptr<index_t>();
+  const auto counts = mean ? non_padding_counts(layout, indices, in.padding_row)
+                           : std::vector<int64_t>();
+  const EntryScale<acc_t, scalar_t> entry_scale{
+      in.per_sample_weights.defined() ? in.per_sample_weights.const_data_ptr<scalar_t>() : nullptr,
+      mean ? counts.data() : nullptr};
+  std::vector<int64_t> frequency;
+  if (scale_grad_by_freq) {
+    frequency.assign(layout.num_indices, 0);
+    const RowGroups groups = group_by_row<index_t>(in.input);
+    const int64_t* order = groups.order.const_data_ptr<int64_t>();
+    for (size_t g = 0; g + 1 < groups.starts.size(); ++g) {
+      for (int64_t k = groups.starts[g]; k < groups.starts[g + 1]; ++k) {
+        frequency[order[k]] = groups.starts[g + 1] - groups.starts[g];
+      }
+    }
+  }
+  const scalar_t* grad = in.grad.const_data_ptr<scalar_t>();
+  scalar_t* out = values.mutable_data_ptr<scalar_t>();
+  const int64_t dim = in.dim;
+  at::parallel_for(0, layout.num_bags, bag_grain_size(layout.num_indices, layout.num_bags, dim),
+                   [&](int64_t first, int64_t last) {
+    for (int64_t bag = first; bag < last; ++bag) {
+      for (int64_t i = layout.begin(bag); i < layout.end(bag); ++i) {
+        if (indices[i] == in.padding_row) continue;
+        const acc_t scale = entry_scale(i, bag, scale_grad_by_freq ? frequency[i] : 0);
+        const scalar_t* g = grad + bag * dim;
+        scalar_t* v = out + i * dim;
+        for (int64_t d = 0; d < dim; ++d) {
+          v[d] = static_cast<scalar_t>(scale * static_cast<acc_t>(g[d]));
+        }
+      }
+    }
+  });
+}
+
+at::Tensor per_entry_grad(const at::Tensor& grad, const at::Tensor& input,
+                          const std::optional<at::Tensor>& offsets,
+                          const std::optional<at::Tensor>& per_sample_weights,
+                          c10::SymInt num_weights_sym, int64_t mode_value,
+                          std::optional<int64_t> padding_idx, bool include_last_offset,
+                          bool scale_grad_by_freq) {
+  const Mode mode = mode_from_int(mode_value);
+  TORCH_CHECK(mode != Mode::Max,
+              "embedding_bag: the per-entry (sparse) gradient does not exist in max mode");
+  const int64_t num_weights = num_weights_sym.expect_int();
+  auto in = prepare(grad, input, offsets, per_sample_weights, mode, padding_idx,
+                    include_last_offset, num_weights);
+  auto values = at::zeros({input.numel(), in.dim}, grad.options());
+  if (in.num_bags == 0 || in.dim == 0) {
+    return values;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                  "mybag_embedding_bag_per_entry_grad_cpu", [&] {
+    AT_DISPATCH_INDEX_TYPES(in.input.scalar_type(), "mybag_embedding_bag_per_entry_grad_cpu", [&] {
+      fill_per_entry_grad<scalar_t, index_t>(in, mode == Mode::Mean, scale_grad_by_freq, values);
+    });
+  });
+  return values;
+}
+
+at::Tensor per_sample_weights_backward(const at::Tensor& grad, const at::Tensor& weight,
+                                       const at::Tensor& input,
+                                       const std::optional<at::Tensor>& offsets,
+                                       int64_t mode_value, std::optional<int64_t> padding_idx,
+                                       bool include_last_offset) {
+  const Mode mode = mode_from_int(mode_value);
+  TORCH_CHECK_NOT_IMPLEMENTED(mode == Mode::Sum,
+                              "embedding_bag: the per_sample_weights gradient exists only with "
+                              "mode='sum', but got mode='", mode_name(mode), "'");
+  check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset, false);
+  const auto bags = num_bags(input, offsets, include_last_offset);
+  check_grad(grad, bags, weight.sym_size(1), weight.scalar_type());
+  const int64_t num_weights = weight.size(0);
+  const int64_t padding_row = normalize_padding_idx(padding_idx, num_weights);
+  check_index_values(input, offsets, num_weights, include_last_offset);
+
+  auto result = at::zeros(input.sizes(), grad.options());
+  const int64_t num_bags_value = bags.expect_int();
+  const int64_t dim = weight.size(1);
+  if (num_bags_value == 0 || input.numel() == 0) {
+    return result;
+  }
+  const auto flat_input = input.contiguous();
+  const auto flat_offsets =
+      offsets.has_value() ? std::optional(offsets->contiguous()) : std::nullopt;
+  const auto flat_grad = grad.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
+                                  "mybag_embedding_bag_psw_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    AT_DISPATCH_INDEX_TYPES(flat_input.scalar_type(), "mybag_embedding_bag_psw_backward_cpu", [&] {
+      const auto layout = make_layout<index_t>(flat_input, flat_offsets, include_last_offset);
+      const index_t* indices = flat_input.const_data_ptr<index_t>();
+      const scalar_t* table = weight.const_data_ptr<scalar_t>();
+      const scalar_t* g = flat_grad.const_data_ptr<scalar_t>();
+      scalar_t* out = result.mutable_data_ptr<scalar_t>();
+      const int64_t row_stride = weight.stride(0);
+      const int64_t col_stride = weight.stride(1);
+      at::parallel_for(0, layout.num_bags, bag_grain_size(layout.num_indices, layout.num_bags, dim),
+                       [&](int64_t first, int64_t last) {
+        for (int64_t bag = first; bag < last; ++bag) {
+          for (int64_t i = layout.begin(bag); i < layout.end(bag); ++i) {
+            const int64_t row = indices[i];
+            if (row == padding_row) continue;
+            out[i] = static_cast<scalar_t>(
+                dot_row<acc_t>(g + bag * dim, table + row * row_stride, col_stride, dim));
+          }
+        }
+      });
+    });
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mybag, CPU, m) {
+  m.impl("_embedding_bag_dense_backward", &dense_backward);
+  m.impl("_embedding_bag_per_entry_grad", &per_entry_grad);
+  m.impl("_embedding_bag_per_sample_weights_backward", &per_sample_weights_backward);
+}
+
+}  // namespace mybag::cpu

@@ -1,0 +1,152 @@
+// CPU forward: one task per range of bags (at::parallel_for), each reducing its bags' rows into a
+// float (or double) accumulator that is rounded to weight's dtype once, at the end.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "mybag/checks.h"
+#include "mybag/cpu/layout.h"
+#include "mybag/cpu/rows.h"
+
+namespace mybag::cpu {
+namespace {
+
+template <typename scalar_t, typename index_t>
+struct ForwardArgs {
+  const scalar_t* weight;
+  int64_t row_stride;
+  int64_t col_stride;
+  int64_t dim;
+  const index_t* indices;
+  BagLayout<index_t> layout;
+  const scalar_t* per_sample_weights;  // nullptr when absent
+  int64_t padding_idx;                 // -1 when absent
+  scalar_t* output;                    // (num_bags, dim), contiguous
+  int64_t* max_indices;                // (num_bags, dim) in max mode, else nullptr
+};
+
+template <typename scalar_t, typename index_t>
+void sum_or_mean(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first, int64_t last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<acc_t> acc(a.dim);
+  for (int64_t bag = first; bag < last; ++bag) {
+    std::fill(acc.begin(), acc.end(), acc_t(0));
+    int64_t count = 0;
+    for (int64_t i = a.layout.begin(bag); i < a.layout.end(bag); ++i) {
+      const int64_t row = a.indices[i];
+      if (row == a.padding_idx) continue;
+      ++count;
+      const acc_t scale = a.per_sample_weights ? acc_t(a.per_sample_weights[i]) : acc_t(1);
+      add_scaled_row(acc.data(), a.weight + row * a.row_stride, a.col_stride, a.dim, scale);
+    }
+    const acc_t divisor = (mean && count > 0) ? acc_t(count) : acc_t(1);
+    scalar_t* out = a.output + bag * a.dim;
+    for (int64_t d = 0; d < a.dim; ++d) {
+      out[d] = static_cast<scalar_t>(acc[d] / divisor);
+    }
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void max_reduce(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<acc_t> best(a.dim);
+  std::vector<int64_t> winner(a.dim);
+  for (int64_t bag = first; bag < last; ++bag) {
+    int64_t count = 0;
+    for (int64_t i = a.layout.begin(bag); i < a.layout.end(bag); ++i) {
+      const int64_t row = a.indices[i];
+      if (row == a.padding_idx) continue;
+      const scalar_t* values = a.weight + row * a.row_stride;
+      for (int64_t d = 0; d < a.dim; ++d) {
+        const acc_t v = static_cast<acc_t>(values[d * a.col_stride]);
+        // Strictly greater keeps the first of equal values; a NaN wins and then stays, wherever
+        // it stands in the bag (torch keeps it only when it comes first).
+        if (count == 0 || (!std::isnan(best[d]) && (v > best[d] || std::isnan(v)))) {
+          best[d] = v;
+          winner[d] = row;
+        }
+      }
+      ++count;
+    }
+    scalar_t* out = a.output + bag * a.dim;
+    int64_t* out_winner = a.max_indices + bag * a.dim;
+    for (int64_t d = 0; d < a.dim; ++d) {
+      out[d] = count > 0 ? static_cast<scalar_t>(best[d]) : scalar_t(0);
+      out_winner[d] = count > 0 ? winner[d] : -1;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(
+    const at::Tensor& weight,
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& offsets,
+    const std::optional<at::Tensor>& per_sample_weights,
+    int64_t mode_value,
+    std::optional<int64_t> padding_idx,
+    bool include_last_offset,
+    bool /*scale_grad_by_freq*/,
+    bool /*sparse*/) {
+  const Mode mode = mode_from_int(mode_value);
+  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset, false);
+  const int64_t num_weights = weight.size(0);
+  const int64_t dim = weight.size(1);
+  const int64_t padding_row = normalize_padding_idx(padding_idx, num_weights);
+  check_index_values(input, offsets, num_weights, include_last_offset);
+
+  const int64_t bags = num_bags(input, offsets, include_last_offset).expect_int();
+  auto output = at::empty({bags, dim}, weight.options());
+  auto max_indices = at::empty({mode == Mode::Max ? bags : 0, mode == Mode::Max ? dim : 0},
+                               weight.options().dtype(at::kLong));
+  if (bags == 0 || dim == 0) {
+    return {output, max_indices};
+  }
+
+  const auto flat_input = input.contiguous();
+  const auto flat_offsets = offsets.has_value() ? std::optional(offsets->contiguous()) : std::nullopt;
+  const auto psw = per_sample_weights.has_value() && per_sample_weights->defined()
+                       ? per_sample_weights->contiguous()
+                       : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
+                                  "mybag_embedding_bag_forward_cpu", [&] {
+    AT_DISPATCH_INDEX_TYPES(flat_input.scalar_type(), "mybag_embedding_bag_forward_cpu", [&] {
+      ForwardArgs<scalar_t, index_t> a{
+          weight.const_data_ptr<scalar_t>(),
+          weight.stride(0),
+          weight.stride(1),
+          dim,
+          flat_input.const_data_ptr<index_t>(),
+          make_layout<index_t>(flat_input, flat_offsets, include_last_offset),
+          psw.defined() ? psw.const_data_ptr<scalar_t>() : nullptr,
+          padding_row,
+          output.mutable_data_ptr<scalar_t>(),
+          mode == Mode::Max ? max_indices.mutable_data_ptr<int64_t>() : nullptr,
+      };
+      const int64_t grain = bag_grain_size(a.layout.num_indices, bags, dim);
+      at::parallel_for(0, bags, grain, [&](int64_t first, int64_t last) {
+        if (mode == Mode::Max) {
+          max_reduce(a, first, last);
+        } else {
+          sum_or_mean(a, mode == Mode::Mean, first, last);
+        }
+      });
+    });
+  });
+  return {output, max_indices};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mybag, CPU, m) {
+  m.impl("_embedding_bag_forward", &forward);
+}
+
+}  // namespace mybag::cpu

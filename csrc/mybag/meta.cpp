@@ -1,0 +1,91 @@
+// Shape-only kernels for the internal ops (Meta key): what FakeTensor runs under torch.compile
+// and torch.export. They run the same metadata checks as the device kernels, with symbolic
+// sizes, and never read values.
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "mybag/checks.h"
+
+namespace mybag {
+namespace {
+
+void renorm_meta(at::Tensor& weight, const at::Tensor& input,
+                 const std::optional<at::Tensor>& offsets, bool include_last_offset,
+                 double max_norm, double /*norm_type*/) {
+  check_inputs(input, weight, offsets, std::nullopt, Mode::Sum, include_last_offset, false);
+  check_max_norm(max_norm);
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_meta(
+    const at::Tensor& weight, const at::Tensor& input, const std::optional<at::Tensor>& offsets,
+    const std::optional<at::Tensor>& per_sample_weights, int64_t mode_value,
+    std::optional<int64_t> padding_idx, bool include_last_offset, bool, bool) {
+  const Mode mode = mode_from_int(mode_value);
+  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset, false);
+  check_padding_idx(padding_idx, weight.sym_size(0));
+  const auto bags = num_bags(input, offsets, include_last_offset);
+  const auto dim = weight.sym_size(1);
+  auto output = at::empty_symint({bags, dim}, weight.options());
+  const bool is_max = mode == Mode::Max;
+  auto max_indices = at::empty_symint({is_max ? bags : c10::SymInt(0), is_max ? dim : c10::SymInt(0)},
+                                      weight.options().dtype(at::kLong));
+  return {output, max_indices};
+}
+
+void check_backward_meta(const at::Tensor& grad, const at::Tensor& input,
+                         const std::optional<at::Tensor>& offsets,
+                         const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                         std::optional<int64_t> padding_idx, bool include_last_offset,
+                         const c10::SymInt& num_weights) {
+  check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset, false);
+  check_grad(grad, num_bags(input, offsets, include_last_offset), grad.sym_size(1),
+             grad.scalar_type());
+  check_padding_idx(padding_idx, num_weights);
+}
+
+at::Tensor dense_backward_meta(const at::Tensor& grad, const at::Tensor& input,
+                               const std::optional<at::Tensor>& offsets,
+                               const std::optional<at::Tensor>& per_sample_weights,
+                               const at::Tensor& /*max_indices*/, c10::SymInt num_weights,
+                               int64_t mode, std::optional<int64_t> padding_idx,
+                               bool include_last_offset, bool) {
+  check_backward_meta(grad, input, offsets, per_sample_weights, mode_from_int(mode), padding_idx,
+                      include_last_offset, num_weights);
+  return at::empty_symint({num_weights, grad.sym_size(1)}, grad.options());
+}
+
+at::Tensor per_entry_grad_meta(const at::Tensor& grad, const at::Tensor& input,
+                               const std::optional<at::Tensor>& offsets,
+                               const std::optional<at::Tensor>& per_sample_weights,
+                               c10::SymInt num_weights, int64_t mode,
+                               std::optional<int64_t> padding_idx, bool include_last_offset,
+                               bool) {
+  check_backward_meta(grad, input, offsets, per_sample_weights, mode_from_int(mode), padding_idx,
+                      include_last_offset, num_weights);
+  return at::empty_symint({input.sym_numel(), grad.sym_size(1)}, grad.options());
+}
+
+at::Tensor per_sample_weights_backward_meta(const at::Tensor& grad, const at::Tensor& weight,
+                                            const at::Tensor& input,
+                                            const std::optional<at::Tensor>& offsets,
+                                            int64_t mode_value, std::optional<int64_t> padding_idx,
+                                            bool include_last_offset) {
+  const Mode mode = mode_from_int(mode_value);
+  check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset, false);
+  check_grad(grad, num_bags(input, offsets, include_last_offset), weight.sym_size(1),
+             weight.scalar_type());
+  check_padding_idx(padding_idx, weight.sym_size(0));
+  return at::empty_symint(input.sym_sizes(), grad.options());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mybag, Meta, m) {
+  m.impl("_embedding_bag_renorm_", &renorm_meta);
+  m.impl("_embedding_bag_forward", &forward_meta);
+  m.impl("_embedding_bag_dense_backward", &dense_backward_meta);
+  m.impl("_embedding_bag_per_entry_grad", &per_entry_grad_meta);
+  m.impl("_embedding_bag_per_sample_weights_backward", &per_sample_weights_backward_meta);
+}
+
+}  // namespace mybag

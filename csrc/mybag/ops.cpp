@@ -1,0 +1,53 @@
+// Every mybag schema, defined once. Kernels register themselves in their own files.
+//
+// The public operator, mybag::embedding_bag, is CompositeImplicitAutograd (composite.cpp): it
+// validates, renormalizes under no-grad when max_norm is set and calls the internal ops below.
+// Only the internal ops have device kernels, a Meta kernel and (for the forward) autograd, so
+// torch.compile and torch.export trace the public op down to these.
+//
+// Conventions of the internal ops:
+//   input    1-D (N,) with 1-D offsets, or 2-D (B, L) with offsets None; int32 or int64, and the
+//            same dtype as offsets (the public op promotes a mixed pair to int64).
+//   mode     0 = sum, 1 = mean, 2 = max (torch's numbering).
+//   padding_idx  as the user gave it (may be negative); kernels normalize it.
+#include <torch/library.h>
+
+TORCH_LIBRARY(mybag, m) {
+  m.def(
+      "embedding_bag(Tensor input, Tensor weight, Tensor? offsets=None, float? max_norm=None, "
+      "float norm_type=2.0, bool scale_grad_by_freq=False, str mode=\"mean\", bool sparse=False, "
+      "Tensor? per_sample_weights=None, bool include_last_offset=False, int? padding_idx=None) "
+      "-> Tensor");
+
+  // max_norm: scales in place every row referenced by `input` whose norm exceeds max_norm.
+  // Validates input and offsets before it touches weight, so a call that fails changes nothing.
+  m.def(
+      "_embedding_bag_renorm_(Tensor(a!) weight, Tensor input, Tensor? offsets, "
+      "bool include_last_offset, float max_norm, float norm_type) -> ()");
+
+  // Returns the bags' reductions and, in max mode, the winning weight row of every (bag,
+  // feature) (-1 for an empty bag); an empty tensor in the other modes. scale_grad_by_freq and
+  // sparse only steer the backward, and are here so autograd can read them.
+  m.def(
+      "_embedding_bag_forward(Tensor weight, Tensor input, Tensor? offsets, "
+      "Tensor? per_sample_weights, int mode, int? padding_idx, bool include_last_offset, "
+      "bool scale_grad_by_freq, bool sparse) -> (Tensor output, Tensor max_indices)");
+
+  // Dense gradient w.r.t. weight, (num_weights, D).
+  m.def(
+      "_embedding_bag_dense_backward(Tensor grad, Tensor input, Tensor? offsets, "
+      "Tensor? per_sample_weights, Tensor max_indices, SymInt num_weights, int mode, "
+      "int? padding_idx, bool include_last_offset, bool scale_grad_by_freq) -> Tensor");
+
+  // One gradient row per entry of input, (N, D): what entry i adds to weight[input[i]]; zero
+  // rows for padding. The sparse gradient is built from it.
+  m.def(
+      "_embedding_bag_per_entry_grad(Tensor grad, Tensor input, Tensor? offsets, "
+      "Tensor? per_sample_weights, SymInt num_weights, int mode, int? padding_idx, "
+      "bool include_last_offset, bool scale_grad_by_freq) -> Tensor");
+
+  // Gradient w.r.t. per_sample_weights (sum mode), shaped like input.
+  m.def(
+      "_embedding_bag_per_sample_weights_backward(Tensor grad, Tensor weight, Tensor input, "
+      "Tensor? offsets, int mode, int? padding_idx, bool include_last_offset) -> Tensor");
+}

@@ -1,0 +1,15 @@
+"""mybag: torch.nn.functional.embedding_bag as the custom operator torch.ops.mybag.embedding_bag.
+
+Importing this package loads mybag's compiled library, which registers the ``mybag`` operators
+(CPU kernels, autograd, Meta kernels for torch.compile) with PyTorch's dispatcher.
+"""
+
+from mybag._library import library_path, load_library
+
+load_library()
+
+from mybag.functional import embedding_bag  # noqa: E402
+from mybag.modules import EmbeddingBag, swap_embedding_bags  # noqa: E402
+
+__all__ = ["EmbeddingBag", "embedding_bag", "library_path", "swap_embedding_bags"]
+__version__ = "0.1.0"

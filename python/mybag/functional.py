@@ -1,0 +1,79 @@
+"""The functional form, with torch.nn.functional.embedding_bag's signature."""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def embedding_bag(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Optional[Tensor] = None,
+    max_norm: Optional[float] = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    sparse: bool = False,
+    per_sample_weights: Optional[Tensor] = None,
+    include_last_offset: bool = False,
+    padding_idx: Optional[int] = None,
+) -> Tensor:
+    r"""Sums, averages or takes the maximum of bags of embedding rows, without building the
+    intermediate ``(N, D)`` gather: a drop-in for :func:`torch.nn.functional.embedding_bag`.
+
+    Args:
+        input (LongTensor or IntTensor): the row indices. Either 1-D ``(N,)``, split into bags
+            by ``offsets``, or 2-D ``(B, L)``, one bag of ``L`` indices per row.
+        weight (Tensor): the embedding table, ``(num_embeddings, embedding_dim)``; float32,
+            float64, float16 or bfloat16 (the last two accumulate in float32).
+        offsets (LongTensor or IntTensor, optional): for 1-D ``input`` only: where each bag
+            starts in ``input``. ``offsets[0]`` must be 0 and offsets must not decrease. May
+            have a different integer dtype from ``input``.
+        max_norm (float, optional): every row referenced by ``input`` whose ``norm_type``-norm
+            exceeds ``max_norm`` is scaled in place, under no-grad, to norm ``max_norm``
+            before the lookup. Validation happens first: a call that fails changes nothing.
+        norm_type (float): the ``p`` of that p-norm. Default ``2``.
+        scale_grad_by_freq (bool): divide each row's gradient by how often its index occurs
+            in ``input``. Not with ``mode="max"``.
+        mode (str): ``"sum"``, ``"mean"`` (the default) or ``"max"``.
+        sparse (bool): the gradient w.r.t. ``weight`` is a sparse COO tensor. Not with
+            ``mode="max"``. Unlike torch, works together with ``scale_grad_by_freq``.
+        per_sample_weights (Tensor, optional): ``mode="sum"`` only; shaped like ``input``,
+            of ``weight``'s dtype: each row is scaled by its weight before the sum.
+        include_last_offset (bool): ``offsets`` has ``B + 1`` entries for ``B`` bags (CSR
+            form). The last bag ends at the end of ``input``. Ignored for 2-D ``input``.
+        padding_idx (int, optional): entries equal to it are skipped: they add nothing, are
+            not counted by ``mode="mean"`` and get no gradient. May be negative
+            (``num_embeddings + padding_idx``).
+
+    Returns:
+        Tensor ``(B, embedding_dim)`` of ``weight``'s dtype and device; empty bags give zeros.
+
+    Raises:
+        ValueError: bad shapes, a bad ``mode``, ``offsets`` missing or misplaced, ``max``
+            mode with ``scale_grad_by_freq`` or ``sparse``.
+        IndexError: an index outside ``[0, num_embeddings)``.
+        NotImplementedError: ``per_sample_weights`` outside ``mode="sum"``.
+        RuntimeError: other bad values or dtypes (offsets, ``padding_idx``, devices).
+
+    Example::
+
+        >>> weight = torch.tensor([[0.1, 0.2], [0.0, 0.1], [0.4, 0.0]])
+        >>> embedding_bag(torch.tensor([1, 2, 0]), weight, torch.tensor([0, 2]), mode="sum")
+        tensor([[0.4000, 0.1000],
+                [0.1000, 0.2000]])
+    """
+    return torch.ops.mybag.embedding_bag(
+        input,
+        weight,
+        offsets,
+        max_norm,
+        norm_type,
+        scale_grad_by_freq,
+        mode,
+        sparse,
+        per_sample_weights,
+        include_last_offset,
+        padding_idx,
+    )
