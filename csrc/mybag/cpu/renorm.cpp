@@ -1,6 +1,7 @@
 // CPU max_norm: scales in place every distinct row referenced by input whose norm exceeds
 // max_norm. Indices and offsets are validated first, so a failing call leaves weight as it was.
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -54,6 +55,8 @@ std::vector<int64_t> distinct_rows(const index_t* indices, int64_t n) {
 void renorm_(at::Tensor& weight, const at::Tensor& input, const std::optional<at::Tensor>& offsets,
              bool include_last_offset, double max_norm, double norm_type) {
   check_inputs(input, weight, offsets, std::nullopt, Mode::Sum, include_last_offset, false);
+  // Rows that share memory (an expanded weight) would be scaled more than once.
+  at::assert_no_internal_overlap(weight);
   check_index_values(input, offsets, weight.size(0), include_last_offset);
 
   const auto flat_input = input.contiguous();
