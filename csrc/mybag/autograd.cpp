@@ -23,9 +23,11 @@ at::Tensor sparse_weight_grad(const at::Tensor& per_entry, const at::Tensor& inp
   auto rows = input.reshape({-1}).to(at::kLong);
   auto values = per_entry;
   if (padding_row >= 0) {
-    const auto keep = rows.ne(padding_row);
-    rows = rows.masked_select(keep);
-    values = values.index({keep});
+    // One selection for both, so rows and values provably keep the same (data-dependent)
+    // length under torch.compile.
+    const auto kept = rows.ne(padding_row).nonzero().squeeze(1);
+    rows = rows.index_select(0, kept);
+    values = values.index_select(0, kept);
   }
   return at::_sparse_coo_tensor_unsafe(rows.unsqueeze(0), values,
                                        {num_weights, per_entry.size(1)},

@@ -140,6 +140,26 @@ c10::SymInt num_bags(
   return offsets->sym_size(0) - (include_last_offset ? 1 : 0);
 }
 
+void check_per_entry_grad_mode(Mode mode) {
+  TORCH_CHECK(mode != Mode::Max,
+              "embedding_bag: the per-entry (sparse) gradient does not exist in max mode");
+}
+
+void check_per_sample_weights_grad_mode(Mode mode) {
+  TORCH_CHECK_NOT_IMPLEMENTED(mode == Mode::Sum,
+                              "embedding_bag: the per_sample_weights gradient exists only with "
+                              "mode='sum', but got mode='", mode_name(mode), "'");
+}
+
+void check_grad_tensor(const at::Tensor& grad) {
+  TORCH_CHECK(grad.dim() == 2,
+              "embedding_bag backward: grad has to be 2-D (num_bags, embedding_dim), but got shape ",
+              grad.sym_sizes());
+  TORCH_CHECK(is_supported_weight_dtype(grad.scalar_type()),
+              "embedding_bag backward: grad has to be float32, float64, float16 or bfloat16, but got ",
+              grad.scalar_type());
+}
+
 void check_grad(const at::Tensor& grad, const c10::SymInt& bags, const c10::SymInt& embedding_dim,
                 at::ScalarType weight_dtype) {
   TORCH_CHECK(grad.dim() == 2 && grad.sym_size(0) == bags && grad.sym_size(1) == embedding_dim,

@@ -51,6 +51,16 @@ c10::SymInt num_bags(
     const std::optional<at::Tensor>& offsets,
     bool include_last_offset);
 
+// The per-entry (sparse) gradient exists for sum and mean; the per_sample_weights gradient for
+// sum alone.
+void check_per_entry_grad_mode(Mode mode);
+void check_per_sample_weights_grad_mode(Mode mode);
+
+// Checks that the gradient handed to a backward op is 2-D and of a supported float dtype. The
+// backward ops then check input, offsets and per_sample_weights against it with check_inputs,
+// as they would against weight.
+void check_grad_tensor(const at::Tensor& grad);
+
 // Checks the gradient handed to a backward op: (num_bags, D) and weight's dtype.
 void check_grad(const at::Tensor& grad, const c10::SymInt& bags, const c10::SymInt& embedding_dim,
                 at::ScalarType weight_dtype);

@@ -37,6 +37,9 @@ void check_backward_meta(const at::Tensor& grad, const at::Tensor& input,
                          const std::optional<at::Tensor>& per_sample_weights, Mode mode,
                          std::optional<int64_t> padding_idx, bool include_last_offset,
                          const c10::SymInt& num_weights) {
+  TORCH_CHECK(num_weights >= 0, "embedding_bag backward: num_weights has to be >= 0, but got ",
+              num_weights);
+  check_grad_tensor(grad);
   check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset, false);
   check_grad(grad, num_bags(input, offsets, include_last_offset), grad.sym_size(1),
              grad.scalar_type());
@@ -60,6 +63,7 @@ at::Tensor per_entry_grad_meta(const at::Tensor& grad, const at::Tensor& input,
                                c10::SymInt num_weights, int64_t mode,
                                std::optional<int64_t> padding_idx, bool include_last_offset,
                                bool) {
+  check_per_entry_grad_mode(mode_from_int(mode));
   check_backward_meta(grad, input, offsets, per_sample_weights, mode_from_int(mode), padding_idx,
                       include_last_offset, num_weights);
   return at::empty_symint({input.sym_numel(), grad.sym_size(1)}, grad.options());
@@ -71,7 +75,9 @@ at::Tensor per_sample_weights_backward_meta(const at::Tensor& grad, const at::Te
                                             int64_t mode_value, std::optional<int64_t> padding_idx,
                                             bool include_last_offset) {
   const Mode mode = mode_from_int(mode_value);
+  check_per_sample_weights_grad_mode(mode);
   check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset, false);
+  check_grad_tensor(grad);
   check_grad(grad, num_bags(input, offsets, include_last_offset), weight.sym_size(1),
              weight.scalar_type());
   check_padding_idx(padding_idx, weight.sym_size(0));

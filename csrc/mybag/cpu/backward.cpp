@@ -29,9 +29,11 @@ struct RowGroups {
   std::vector<int64_t> starts;  // group g is order[starts[g] : starts[g + 1]]
 };
 
+// input may be 2-D: entries are numbered as in the flattened input.
 template <typename index_t>
-RowGroups group_by_row(const at::Tensor& flat_input) {
+RowGroups group_by_row(const at::Tensor& input) {
   RowGroups groups;
+  const auto flat_input = input.reshape({-1});
   std::tie(groups.sorted_rows, groups.order) =
       at::sort(flat_input, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const index_t* rows = groups.sorted_rows.const_data_ptr<index_t>();
@@ -77,6 +79,7 @@ BackwardInputs prepare(const at::Tensor& grad, const at::Tensor& input,
                        int64_t num_weights) {
   TORCH_CHECK(num_weights >= 0, "embedding_bag backward: num_weights has to be >= 0, but got ",
               num_weights);
+  check_grad_tensor(grad);
   // grad stands in for weight in the shared checks: 2-D, a float dtype, the same device.
   check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset, false);
   const auto bags = num_bags(input, offsets, include_last_offset);
@@ -255,8 +258,7 @@ at::Tensor per_entry_grad(const at::Tensor& grad, const at::Tensor& input,
                           std::optional<int64_t> padding_idx, bool include_last_offset,
                           bool scale_grad_by_freq) {
   const Mode mode = mode_from_int(mode_value);
-  TORCH_CHECK(mode != Mode::Max,
-              "embedding_bag: the per-entry (sparse) gradient does not exist in max mode");
+  check_per_entry_grad_mode(mode);
   const int64_t num_weights = num_weights_sym.expect_int();
   auto in = prepare(grad, input, offsets, per_sample_weights, mode, padding_idx,
                     include_last_offset, num_weights);
@@ -279,9 +281,7 @@ at::Tensor per_sample_weights_backward(const at::Tensor& grad, const at::Tensor&
                                        int64_t mode_value, std::optional<int64_t> padding_idx,
                                        bool include_last_offset) {
   const Mode mode = mode_from_int(mode_value);
-  TORCH_CHECK_NOT_IMPLEMENTED(mode == Mode::Sum,
-                              "embedding_bag: the per_sample_weights gradient exists only with "
-                              "mode='sum', but got mode='", mode_name(mode), "'");
+  check_per_sample_weights_grad_mode(mode);
   check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset, false);
   const auto bags = num_bags(input, offsets, include_last_offset);
   check_grad(grad, bags, weight.sym_size(1), weight.scalar_type());
