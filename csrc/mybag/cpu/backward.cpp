@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "mybag/checks.h"
@@ -144,9 +145,15 @@ template <typename scalar_t>
 void max_weight_grad(const BackwardInputs& in, const at::Tensor& max_indices,
                      at::Tensor& grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
+  // Half and bfloat16 gradients add up in a float table, rounded once at the end (a row can
+  // win thousands of bags); float and double add up in place.
+  constexpr bool in_place = std::is_same_v<acc_t, scalar_t>;
+  at::Tensor sums = in_place ? grad_weight
+                             : at::zeros(grad_weight.sizes(),
+                                         grad_weight.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   const int64_t* winners = max_indices.const_data_ptr<int64_t>();
   const scalar_t* grad = in.grad.const_data_ptr<scalar_t>();
-  scalar_t* out = grad_weight.mutable_data_ptr<scalar_t>();
+  acc_t* out = sums.mutable_data_ptr<acc_t>();
   const int64_t dim = in.dim;
   const int64_t bags = in.num_bags;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, bags));
@@ -155,12 +162,13 @@ void max_weight_grad(const BackwardInputs& in, const at::Tensor& max_indices,
       for (int64_t d = first; d < last; ++d) {
         const int64_t row = winners[bag * dim + d];
         if (row < 0) continue;
-        scalar_t& target = out[row * dim + d];
-        target = static_cast<scalar_t>(static_cast<acc_t>(target) +
-                                       static_cast<acc_t>(grad[bag * dim + d]));
+        out[row * dim + d] += static_cast<acc_t>(grad[bag * dim + d]);
       }
     }
   });
+  if constexpr (!in_place) {
+    grad_weight.copy_(sums);
+  }
 }
 
 void check_max_indices(const at::Tensor& max_indices, int64_t bags, int64_t dim,
