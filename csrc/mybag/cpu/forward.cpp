@@ -39,6 +39,10 @@ void sum_or_mean(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t fir
     std::fill(acc.begin(), acc.end(), acc_t(0));
     int64_t count = 0;
     for (int64_t i = a.layout.begin(bag); i < a.layout.end(bag); ++i) {
+      if (i + kPrefetchDistance < a.layout.num_indices) {
+        prefetch_row(a.weight + a.indices[i + kPrefetchDistance] * a.row_stride, a.col_stride,
+                     a.dim);
+      }
       const int64_t row = a.indices[i];
       if (row == a.padding_idx) continue;
       ++count;
@@ -61,6 +65,10 @@ void max_reduce(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t 
   for (int64_t bag = first; bag < last; ++bag) {
     int64_t count = 0;
     for (int64_t i = a.layout.begin(bag); i < a.layout.end(bag); ++i) {
+      if (i + kPrefetchDistance < a.layout.num_indices) {
+        prefetch_row(a.weight + a.indices[i + kPrefetchDistance] * a.row_stride, a.col_stride,
+                     a.dim);
+      }
       const int64_t row = a.indices[i];
       if (row == a.padding_idx) continue;
       const scalar_t* values = a.weight + row * a.row_stride;

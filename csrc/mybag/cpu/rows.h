@@ -35,6 +35,20 @@ inline acc_t dot_row(const scalar_t* a, const scalar_t* b, int64_t b_stride, int
   return total;
 }
 
+// Rows are gathered at random from tables far larger than the caches, so the time goes to
+// memory latency unless the rows a few entries ahead are already on their way.
+constexpr int64_t kPrefetchDistance = 8;
+
+template <typename scalar_t>
+inline void prefetch_row(const scalar_t* row, int64_t col_stride, int64_t dim) {
+  if (col_stride != 1) return;  // strided rows: not worth guessing
+  const char* bytes = reinterpret_cast<const char*>(row);
+  const int64_t size = dim * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t offset = 0; offset < size; offset += 64) {
+    __builtin_prefetch(bytes + offset, /*rw=*/0, /*locality=*/1);
+  }
+}
+
 // Bags per parallel task: enough rows that a task is worth scheduling (about 32K elements).
 inline int64_t bag_grain_size(int64_t num_indices, int64_t num_bags, int64_t dim) {
   const int64_t per_bag = std::max<int64_t>(1, num_indices / std::max<int64_t>(1, num_bags)) *
