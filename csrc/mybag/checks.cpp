@@ -170,6 +170,49 @@ void check_grad(const at::Tensor& grad, const c10::SymInt& bags, const c10::SymI
               "), but got ", grad.scalar_type());
 }
 
+void check_forward_args(const at::Tensor& weight, const at::Tensor& input,
+                        const std::optional<at::Tensor>& offsets,
+                        const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                        std::optional<int64_t> padding_idx, bool include_last_offset) {
+  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset, false);
+  check_padding_idx(padding_idx, weight.sym_size(0));
+}
+
+void check_renorm_args(const at::Tensor& weight, const at::Tensor& input,
+                       const std::optional<at::Tensor>& offsets, bool include_last_offset,
+                       double max_norm) {
+  check_inputs(input, weight, offsets, std::nullopt, Mode::Sum, include_last_offset, false);
+  check_max_norm(max_norm);
+}
+
+void check_weight_grad_args(const at::Tensor& grad, const at::Tensor& input,
+                            const std::optional<at::Tensor>& offsets,
+                            const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                            std::optional<int64_t> padding_idx, bool include_last_offset,
+                            const c10::SymInt& num_weights) {
+  TORCH_CHECK(num_weights >= 0, "embedding_bag backward: num_weights has to be >= 0, but got ",
+              num_weights);
+  check_grad_tensor(grad);
+  // grad stands in for weight: 2-D, a float dtype, the device and dtype of everything else.
+  check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset, false);
+  check_grad(grad, num_bags(input, offsets, include_last_offset), grad.sym_size(1),
+             grad.scalar_type());
+  check_padding_idx(padding_idx, num_weights);
+}
+
+void check_per_sample_weights_grad_args(const at::Tensor& grad, const at::Tensor& weight,
+                                        const at::Tensor& input,
+                                        const std::optional<at::Tensor>& offsets, Mode mode,
+                                        std::optional<int64_t> padding_idx,
+                                        bool include_last_offset) {
+  check_per_sample_weights_grad_mode(mode);
+  check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset, false);
+  check_grad_tensor(grad);
+  check_grad(grad, num_bags(input, offsets, include_last_offset), weight.sym_size(1),
+             weight.scalar_type());
+  check_padding_idx(padding_idx, weight.sym_size(0));
+}
+
 void fail_index_out_of_range(int64_t position, int64_t index, int64_t num_weights) {
   TORCH_CHECK_INDEX(false, "embedding_bag: input[", position, "] = ", index,
                     " is out of range for weight with ", num_weights,

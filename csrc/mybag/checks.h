@@ -65,6 +65,27 @@ void check_grad_tensor(const at::Tensor& grad);
 void check_grad(const at::Tensor& grad, const c10::SymInt& bags, const c10::SymInt& embedding_dim,
                 at::ScalarType weight_dtype);
 
+// Everything each internal op checks before it reads a value: the device kernels and the Meta
+// kernels call the same function, so all of them accept and reject the same arguments.
+void check_forward_args(const at::Tensor& weight, const at::Tensor& input,
+                        const std::optional<at::Tensor>& offsets,
+                        const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                        std::optional<int64_t> padding_idx, bool include_last_offset);
+void check_renorm_args(const at::Tensor& weight, const at::Tensor& input,
+                       const std::optional<at::Tensor>& offsets, bool include_last_offset,
+                       double max_norm);
+// The dense weight gradient and the per-entry rows of the sparse one.
+void check_weight_grad_args(const at::Tensor& grad, const at::Tensor& input,
+                            const std::optional<at::Tensor>& offsets,
+                            const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                            std::optional<int64_t> padding_idx, bool include_last_offset,
+                            const c10::SymInt& num_weights);
+void check_per_sample_weights_grad_args(const at::Tensor& grad, const at::Tensor& weight,
+                                        const at::Tensor& input,
+                                        const std::optional<at::Tensor>& offsets, Mode mode,
+                                        std::optional<int64_t> padding_idx,
+                                        bool include_last_offset);
+
 // Messages for the value checks, which each device runs its own way (the CPU in one pass over
 // host memory; CUDA on the device). All throw.
 [[noreturn]] void fail_index_out_of_range(int64_t position, int64_t index, int64_t num_weights);

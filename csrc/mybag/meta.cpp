@@ -12,8 +12,7 @@ namespace {
 void renorm_meta(at::Tensor& weight, const at::Tensor& input,
                  const std::optional<at::Tensor>& offsets, bool include_last_offset,
                  double max_norm, double /*norm_type*/) {
-  check_inputs(input, weight, offsets, std::nullopt, Mode::Sum, include_last_offset, false);
-  check_max_norm(max_norm);
+  check_renorm_args(weight, input, offsets, include_last_offset, max_norm);
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_meta(
@@ -21,8 +20,8 @@ std::tuple<at::Tensor, at::Tensor> forward_meta(
     const std::optional<at::Tensor>& per_sample_weights, int64_t mode_value,
     std::optional<int64_t> padding_idx, bool include_last_offset, bool, bool) {
   const Mode mode = mode_from_int(mode_value);
-  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset, false);
-  check_padding_idx(padding_idx, weight.sym_size(0));
+  check_forward_args(weight, input, offsets, per_sample_weights, mode, padding_idx,
+                     include_last_offset);
   const auto bags = num_bags(input, offsets, include_last_offset);
   const auto dim = weight.sym_size(1);
   auto output = at::empty_symint({bags, dim}, weight.options());
@@ -32,27 +31,13 @@ std::tuple<at::Tensor, at::Tensor> forward_meta(
   return {output, max_indices};
 }
 
-void check_backward_meta(const at::Tensor& grad, const at::Tensor& input,
-                         const std::optional<at::Tensor>& offsets,
-                         const std::optional<at::Tensor>& per_sample_weights, Mode mode,
-                         std::optional<int64_t> padding_idx, bool include_last_offset,
-                         const c10::SymInt& num_weights) {
-  TORCH_CHECK(num_weights >= 0, "embedding_bag backward: num_weights has to be >= 0, but got ",
-              num_weights);
-  check_grad_tensor(grad);
-  check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset, false);
-  check_grad(grad, num_bags(input, offsets, include_last_offset), grad.sym_size(1),
-             grad.scalar_type());
-  check_padding_idx(padding_idx, num_weights);
-}
-
 at::Tensor dense_backward_meta(const at::Tensor& grad, const at::Tensor& input,
                                const std::optional<at::Tensor>& offsets,
                                const std::optional<at::Tensor>& per_sample_weights,
                                const at::Tensor& /*max_indices*/, c10::SymInt num_weights,
                                int64_t mode, std::optional<int64_t> padding_idx,
                                bool include_last_offset, bool) {
-  check_backward_meta(grad, input, offsets, per_sample_weights, mode_from_int(mode), padding_idx,
+  check_weight_grad_args(grad, input, offsets, per_sample_weights, mode_from_int(mode), padding_idx,
                       include_last_offset, num_weights);
   return at::empty_symint({num_weights, grad.sym_size(1)}, grad.options());
 }
@@ -64,7 +49,7 @@ at::Tensor per_entry_grad_meta(const at::Tensor& grad, const at::Tensor& input,
                                std::optional<int64_t> padding_idx, bool include_last_offset,
                                bool) {
   check_per_entry_grad_mode(mode_from_int(mode));
-  check_backward_meta(grad, input, offsets, per_sample_weights, mode_from_int(mode), padding_idx,
+  check_weight_grad_args(grad, input, offsets, per_sample_weights, mode_from_int(mode), padding_idx,
                       include_last_offset, num_weights);
   return at::empty_symint({input.sym_numel(), grad.sym_size(1)}, grad.options());
 }
@@ -74,13 +59,8 @@ at::Tensor per_sample_weights_backward_meta(const at::Tensor& grad, const at::Te
                                             const std::optional<at::Tensor>& offsets,
                                             int64_t mode_value, std::optional<int64_t> padding_idx,
                                             bool include_last_offset) {
-  const Mode mode = mode_from_int(mode_value);
-  check_per_sample_weights_grad_mode(mode);
-  check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset, false);
-  check_grad_tensor(grad);
-  check_grad(grad, num_bags(input, offsets, include_last_offset), weight.sym_size(1),
-             weight.scalar_type());
-  check_padding_idx(padding_idx, weight.sym_size(0));
+  check_per_sample_weights_grad_args(grad, weight, input, offsets, mode_from_int(mode_value),
+                                     padding_idx, include_last_offset);
   return at::empty_symint(input.sym_sizes(), grad.options());
 }
 

@@ -18,6 +18,7 @@
 
 #include "mybag/checks.h"
 #include "mybag/cpu/layout.h"
+#include "mybag/cpu/value_checks.h"
 #include "mybag/cpu/rows.h"
 
 namespace mybag::cpu {
@@ -78,13 +79,9 @@ BackwardInputs prepare(const at::Tensor& grad, const at::Tensor& input,
                        const std::optional<at::Tensor>& per_sample_weights, Mode mode,
                        std::optional<int64_t> padding_idx, bool include_last_offset,
                        int64_t num_weights) {
-  TORCH_CHECK(num_weights >= 0, "embedding_bag backward: num_weights has to be >= 0, but got ",
-              num_weights);
-  check_grad_tensor(grad);
-  // grad stands in for weight in the shared checks: 2-D, a float dtype, the same device.
-  check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset, false);
+  check_weight_grad_args(grad, input, offsets, per_sample_weights, mode, padding_idx,
+                         include_last_offset, c10::SymInt(num_weights));
   const auto bags = num_bags(input, offsets, include_last_offset);
-  check_grad(grad, bags, grad.sym_size(1), grad.scalar_type());
   BackwardInputs in;
   in.padding_row = normalize_padding_idx(padding_idx, num_weights);
   check_index_values(input, offsets, num_weights, include_last_offset);
@@ -289,10 +286,9 @@ at::Tensor per_sample_weights_backward(const at::Tensor& grad, const at::Tensor&
                                        int64_t mode_value, std::optional<int64_t> padding_idx,
                                        bool include_last_offset) {
   const Mode mode = mode_from_int(mode_value);
-  check_per_sample_weights_grad_mode(mode);
-  check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset, false);
+  check_per_sample_weights_grad_args(grad, weight, input, offsets, mode, padding_idx,
+                                     include_last_offset);
   const auto bags = num_bags(input, offsets, include_last_offset);
-  check_grad(grad, bags, weight.sym_size(1), weight.scalar_type());
   const int64_t num_weights = weight.size(0);
   const int64_t padding_row = normalize_padding_idx(padding_idx, num_weights);
   check_index_values(input, offsets, num_weights, include_last_offset);

@@ -12,6 +12,7 @@
 
 #include "mybag/checks.h"
 #include "mybag/cpu/layout.h"
+#include "mybag/cpu/value_checks.h"
 #include "mybag/cpu/rows.h"
 
 namespace mybag::cpu {
@@ -29,6 +30,13 @@ struct ForwardArgs {
   int64_t padding_idx;                 // -1 when absent
   scalar_t* output;                    // (num_bags, dim), contiguous
   int64_t* max_indices;                // (num_bags, dim) in max mode, else nullptr
+
+  // Requests the row that entry i + kPrefetchDistance will read.
+  void prefetch_ahead(int64_t i) const {
+    if (i + kPrefetchDistance < layout.num_indices) {
+      prefetch_row(weight + indices[i + kPrefetchDistance] * row_stride, col_stride, dim);
+    }
+  }
 };
 
 template <typename scalar_t, typename index_t>
@@ -39,10 +47,7 @@ void sum_or_mean(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t fir
     std::fill(acc.begin(), acc.end(), acc_t(0));
     int64_t count = 0;
     for (int64_t i = a.layout.begin(bag); i < a.layout.end(bag); ++i) {
-      if (i + kPrefetchDistance < a.layout.num_indices) {
-        prefetch_row(a.weight + a.indices[i + kPrefetchDistance] * a.row_stride, a.col_stride,
-                     a.dim);
-      }
+      a.prefetch_ahead(i);
       const int64_t row = a.indices[i];
       if (row == a.padding_idx) continue;
       ++count;
@@ -65,10 +70,7 @@ void max_reduce(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t 
   for (int64_t bag = first; bag < last; ++bag) {
     int64_t count = 0;
     for (int64_t i = a.layout.begin(bag); i < a.layout.end(bag); ++i) {
-      if (i + kPrefetchDistance < a.layout.num_indices) {
-        prefetch_row(a.weight + a.indices[i + kPrefetchDistance] * a.row_stride, a.col_stride,
-                     a.dim);
-      }
+      a.prefetch_ahead(i);
       const int64_t row = a.indices[i];
       if (row == a.padding_idx) continue;
       const scalar_t* values = a.weight + row * a.row_stride;
@@ -103,7 +105,8 @@ std::tuple<at::Tensor, at::Tensor> forward(
     bool /*scale_grad_by_freq*/,
     bool /*sparse*/) {
   const Mode mode = mode_from_int(mode_value);
-  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset, false);
+  check_forward_args(weight, input, offsets, per_sample_weights, mode, padding_idx,
+                     include_last_offset);
   const int64_t num_weights = weight.size(0);
   const int64_t dim = weight.size(1);
   const int64_t padding_row = normalize_padding_idx(padding_idx, num_weights);

@@ -1,12 +1,8 @@
 #include "mybag/cpu/layout.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <limits>
-
-#include "mybag/checks.h"
 
 namespace mybag::cpu {
 
@@ -41,76 +37,5 @@ template std::vector<int64_t> bag_of_entries(const BagLayout<int32_t>&);
 template std::vector<int64_t> bag_of_entries(const BagLayout<int64_t>&);
 template std::vector<int64_t> non_padding_counts(const BagLayout<int32_t>&, const int32_t*, int64_t);
 template std::vector<int64_t> non_padding_counts(const BagLayout<int64_t>&, const int64_t*, int64_t);
-
-namespace {
-
-template <typename index_t>
-void check_indices(const index_t* indices, int64_t n, int64_t num_weights) {
-  // The common case is all-valid: find that with a parallel min/max, and only then look for the
-  // first bad entry to name it.
-  constexpr int64_t kGrain = 1 << 15;
-  const auto lowest = at::parallel_reduce(
-      0, n, kGrain, std::numeric_limits<int64_t>::max(),
-      [&](int64_t first, int64_t last, int64_t acc) {
-        for (int64_t i = first; i < last; ++i) acc = std::min<int64_t>(acc, indices[i]);
-        return acc;
-      },
-      [](int64_t a, int64_t b) { return std::min(a, b); });
-  const auto highest = at::parallel_reduce(
-      0, n, kGrain, std::numeric_limits<int64_t>::min(),
-      [&](int64_t first, int64_t last, int64_t acc) {
-        for (int64_t i = first; i < last; ++i) acc = std::max<int64_t>(acc, indices[i]);
-        return acc;
-      },
-      [](int64_t a, int64_t b) { return std::max(a, b); });
-  if (n == 0 || (lowest >= 0 && highest < num_weights)) {
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    if (indices[i] < 0 || indices[i] >= num_weights) {
-      fail_index_out_of_range(i, indices[i], num_weights);
-    }
-  }
-}
-
-template <typename index_t>
-void check_offsets(const index_t* offsets, int64_t count, int64_t num_indices,
-                   bool include_last_offset) {
-  if (count == 0) {
-    return;
-  }
-  if (offsets[0] != 0) {
-    fail_first_offset(offsets[0]);
-  }
-  for (int64_t b = 1; b < count; ++b) {
-    if (offsets[b] < offsets[b - 1]) {
-      fail_decreasing_offsets(b, offsets[b], offsets[b - 1]);
-    }
-  }
-  // Offsets are non-decreasing now, so the last one bounds them all.
-  if (offsets[count - 1] > num_indices) {
-    int64_t b = 0;
-    while (offsets[b] <= num_indices) ++b;
-    fail_offset_past_end(b, offsets[b], num_indices);
-  }
-  (void)include_last_offset;  // the final offset is checked like the others, though not read
-}
-
-}  // namespace
-
-void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
-                        int64_t num_weights, bool include_last_offset) {
-  const auto flat_input = input.contiguous();
-  AT_DISPATCH_INDEX_TYPES(flat_input.scalar_type(), "mybag_check_indices", [&] {
-    check_indices(flat_input.const_data_ptr<index_t>(), flat_input.numel(), num_weights);
-  });
-  if (input.dim() == 1 && offsets.has_value()) {
-    const auto flat_offsets = offsets->contiguous();
-    AT_DISPATCH_INDEX_TYPES(flat_offsets.scalar_type(), "mybag_check_offsets", [&] {
-      check_offsets(flat_offsets.const_data_ptr<index_t>(), flat_offsets.numel(), input.numel(),
-                    include_last_offset);
-    });
-  }
-}
 
 }  // namespace mybag::cpu

@@ -39,8 +39,4 @@ template <typename index_t>
 std::vector<int64_t> non_padding_counts(const BagLayout<index_t>& layout, const index_t* indices,
                                         int64_t padding_idx);
 
-// Checks indices and offsets in one pass over host memory before anything is written.
-void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
-                        int64_t num_weights, bool include_last_offset);
-
 }  // namespace mybag::cpu

@@ -13,6 +13,7 @@
 
 #include "mybag/checks.h"
 #include "mybag/cpu/layout.h"
+#include "mybag/cpu/value_checks.h"
 
 namespace mybag::cpu {
 namespace {
@@ -54,7 +55,7 @@ std::vector<int64_t> distinct_rows(const index_t* indices, int64_t n) {
 
 void renorm_(at::Tensor& weight, const at::Tensor& input, const std::optional<at::Tensor>& offsets,
              bool include_last_offset, double max_norm, double norm_type) {
-  check_inputs(input, weight, offsets, std::nullopt, Mode::Sum, include_last_offset, false);
+  check_renorm_args(weight, input, offsets, include_last_offset, max_norm);
   // Rows that share memory (an expanded weight) would be scaled more than once.
   at::assert_no_internal_overlap(weight);
   check_index_values(input, offsets, weight.size(0), include_last_offset);

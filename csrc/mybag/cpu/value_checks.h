@@ -1,0 +1,15 @@
+// The CPU's value checks: indices within the table, offsets starting at 0, never decreasing and
+// never past the end of input. Every CPU kernel runs them before it writes anything; the
+// messages come from mybag/checks.h.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace mybag::cpu {
+
+void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
+                        int64_t num_weights, bool include_last_offset);
+
+}  // namespace mybag::cpu
