@@ -10,13 +10,13 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 
+#include "mybag/mode.h"
+
 #include <cstdint>
 #include <optional>
 #include <string_view>
 
 namespace mybag {
-
-enum class Mode : int64_t { Sum = 0, Mean = 1, Max = 2 };
 
 // "sum" | "mean" | "max"; anything else is a ValueError naming the value.
 Mode parse_mode(std::string_view mode);

@@ -2,6 +2,8 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "mybag/checks.h"
+
 namespace mybag {
 
 at::Tensor embedding_bag(const at::Tensor& input, const at::Tensor& weight,
@@ -19,6 +21,16 @@ at::Tensor embedding_bag(const at::Tensor& input, const at::Tensor& weight,
   return op.call(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq,
                  c10::string_view(mode.data(), mode.size()), sparse, per_sample_weights,
                  include_last_offset, padding_idx);
+}
+
+at::Tensor embedding_bag(const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& offsets, std::optional<double> max_norm,
+                         double norm_type, bool scale_grad_by_freq, Mode mode, bool sparse,
+                         const std::optional<at::Tensor>& per_sample_weights,
+                         bool include_last_offset, std::optional<int64_t> padding_idx) {
+  return embedding_bag(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq,
+                       mode_name(mode), sparse, per_sample_weights, include_last_offset,
+                       padding_idx);
 }
 
 }  // namespace mybag
