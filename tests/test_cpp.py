@@ -1,0 +1,48 @@
+"""The C++ side, driven from pytest so that one test command covers everything.
+
+scripts/build_cpp.sh builds mybag with CMake, installs it as a package, builds tests/cpp and
+examples/cpp as separate projects that find it with find_package(mybag), and runs them with
+ctest: the C++ API against torch::nn::functional::embedding_bag, the C++ module against
+torch::nn::EmbeddingBag, a TorchScript model saved in Python loaded, run and trained in C++, and
+the example program. The build directory (build/cpp) is kept, so later runs are incremental.
+"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CTEST_NAMES = ["functional", "module", "torchscript", "example"]
+
+
+@pytest.fixture(scope="module")
+def ctest_output():
+    if shutil.which("cmake") is None:
+        pytest.fail("the C++ tests need cmake (pip install 'cmake<4')")
+    result = subprocess.run(
+        ["bash", "scripts/build_cpp.sh", "build/cpp"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"scripts/build_cpp.sh failed:\n{output[-8000:]}"
+    return output
+
+
+@pytest.mark.parametrize("name", CTEST_NAMES)
+def test_ctest_case_passed(ctest_output, name):
+    line = re.search(rf"Test\s+#\d+: {re.escape(name)} \.+\s*(\S+)", ctest_output)
+    assert line is not None, f"ctest ran no test named {name!r}:\n{ctest_output[-4000:]}"
+    assert line.group(1) == "Passed", line.group(0)
+
+
+def test_ctest_ran_every_case(ctest_output):
+    summary = re.search(r"(\d+)% tests passed, (\d+) tests failed out of (\d+)", ctest_output)
+    assert summary is not None, ctest_output[-4000:]
+    assert summary.group(2) == "0"
+    assert int(summary.group(3)) >= len(CTEST_NAMES)
