@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CTEST_NAMES = ["functional", "module", "torchscript", "example"]
+CTEST_NAMES = ["test_functional", "test_module", "test_torchscript", "example"]
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,9 @@ void EmbeddingBagImpl::reset() {
                       "mybag::EmbeddingBag: _weight has to have shape (num_embeddings, "
                       "embedding_dim) = (", rows, ", ", dim, "), but got ",
                       options._weight().sizes());
-    weight = register_parameter("weight", options._weight());
+    // A new tensor over _weight's storage: clone() later gives this tensor fresh data, which
+    // must not reach the module it was cloned from (or the caller's _weight tensor object).
+    weight = register_parameter("weight", options._weight().detach());
   } else {
     weight = register_parameter("weight", torch::empty({rows, dim}));
     reset_parameters();

@@ -22,7 +22,8 @@ class EmbeddingBagImpl : public torch::nn::Cloneable<EmbeddingBagImpl> {
       : EmbeddingBagImpl(EmbeddingBagOptions(num_embeddings, embedding_dim)) {}
   explicit EmbeddingBagImpl(EmbeddingBagOptions options);
 
-  // (Re)creates `weight`: options._weight() when given, else N(0, 1) with the padding row zero.
+  // Creates `weight` (the constructor and clone() call it): over options._weight()'s storage
+  // when given, else N(0, 1) with the padding row zero.
   void reset() override;
   // Refills `weight` from N(0, 1) and zeroes the padding row.
   void reset_parameters();
