@@ -3,9 +3,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
-#include <limits>
-
 #include "mybag/checks.h"
 
 namespace mybag::cpu {
@@ -14,24 +11,18 @@ namespace {
 
 template <typename index_t>
 void check_indices(const index_t* indices, int64_t n, int64_t num_weights) {
-  // The common case is all-valid: find that with a parallel min/max, and only then look for the
-  // first bad entry to name it.
-  constexpr int64_t kGrain = 1 << 15;
-  const auto lowest = at::parallel_reduce(
-      0, n, kGrain, std::numeric_limits<int64_t>::max(),
-      [&](int64_t first, int64_t last, int64_t acc) {
-        for (int64_t i = first; i < last; ++i) acc = std::min<int64_t>(acc, indices[i]);
-        return acc;
+  // The common case is all-valid: establish that with one parallel pass, and only then look
+  // for the first bad entry to name it.
+  const int64_t bad = at::parallel_reduce(
+      0, n, int64_t{1} << 15, int64_t{0},
+      [&](int64_t first, int64_t last, int64_t count) {
+        for (int64_t i = first; i < last; ++i) {
+          count += indices[i] < 0 || indices[i] >= num_weights;
+        }
+        return count;
       },
-      [](int64_t a, int64_t b) { return std::min(a, b); });
-  const auto highest = at::parallel_reduce(
-      0, n, kGrain, std::numeric_limits<int64_t>::min(),
-      [&](int64_t first, int64_t last, int64_t acc) {
-        for (int64_t i = first; i < last; ++i) acc = std::max<int64_t>(acc, indices[i]);
-        return acc;
-      },
-      [](int64_t a, int64_t b) { return std::max(a, b); });
-  if (n == 0 || (lowest >= 0 && highest < num_weights)) {
+      [](int64_t a, int64_t b) { return a + b; });
+  if (bad == 0) {
     return;
   }
   for (int64_t i = 0; i < n; ++i) {
