@@ -31,8 +31,9 @@ struct ForwardArgs {
   scalar_t* output;                    // (num_bags, dim), contiguous
   int64_t* max_indices;                // (num_bags, dim) in max mode, else nullptr
 
-  // Requests the row that entry i + kPrefetchDistance will read.
-  void prefetch_ahead(int64_t i) const {
+  // Requests the row that entry i + kPrefetchDistance will read. Forced inline: left to the
+  // compiler it was not inlined into the row loops, which then ran 1.5-2x slower.
+  C10_ALWAYS_INLINE void prefetch_ahead(int64_t i) const {
     if (i + kPrefetchDistance < layout.num_indices) {
       prefetch_row(weight + indices[i + kPrefetchDistance] * row_stride, col_stride, dim);
     }
