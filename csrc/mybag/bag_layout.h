@@ -28,6 +28,19 @@ struct BagLayout {
     }
     return bag + 1 < num_bags ? static_cast<int64_t>(offsets[bag + 1]) : num_indices;
   }
+
+  // begin and end held to 0 <= begin <= end <= N. The same as begin/end for validated offsets;
+  // the CUDA kernels read these so that unchecked offsets (value checks switched off) can never
+  // send them outside input.
+  C10_HOST_DEVICE int64_t bounded_begin(int64_t bag) const {
+    const int64_t b = begin(bag);
+    return b < 0 ? 0 : (b > num_indices ? num_indices : b);
+  }
+  C10_HOST_DEVICE int64_t bounded_end(int64_t bag) const {
+    const int64_t b = bounded_begin(bag);
+    const int64_t e = end(bag);
+    return e < b ? b : (e > num_indices ? num_indices : e);
+  }
 };
 
 }  // namespace mybag

@@ -213,6 +213,18 @@ void check_per_sample_weights_grad_args(const at::Tensor& grad, const at::Tensor
   check_padding_idx(padding_idx, weight.sym_size(0));
 }
 
+void check_max_indices_shape(const at::Tensor& max_indices, int64_t bags, int64_t dim,
+                             const at::Tensor& grad) {
+  TORCH_CHECK(max_indices.device() == grad.device(),
+              "embedding_bag backward: max_indices has to be on grad's device (", grad.device(),
+              "), but is on ", max_indices.device());
+  TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.dim() == 2 &&
+                  max_indices.size(0) == bags && max_indices.size(1) == dim,
+              "embedding_bag backward: max_indices has to be an int64 tensor of shape (", bags,
+              ", ", dim, ") in max mode, but got ", max_indices.scalar_type(), " of shape ",
+              max_indices.sizes());
+}
+
 void fail_index_out_of_range(int64_t position, int64_t index, int64_t num_weights) {
   TORCH_CHECK_INDEX(false, "embedding_bag: input[", position, "] = ", index,
                     " is out of range for weight with ", num_weights,

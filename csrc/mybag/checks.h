@@ -86,6 +86,10 @@ void check_per_sample_weights_grad_args(const at::Tensor& grad, const at::Tensor
                                         std::optional<int64_t> padding_idx,
                                         bool include_last_offset);
 
+// max mode's backward: max_indices has to be int64 of shape (num_bags, D), on grad's device.
+void check_max_indices_shape(const at::Tensor& max_indices, int64_t bags, int64_t dim,
+                             const at::Tensor& grad);
+
 // Messages for the value checks, which each device runs its own way (the CPU in one pass over
 // host memory; CUDA on the device). All throw.
 [[noreturn]] void fail_index_out_of_range(int64_t position, int64_t index, int64_t num_weights);

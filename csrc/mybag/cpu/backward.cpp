@@ -169,12 +169,8 @@ void max_weight_grad(const BackwardInputs& in, const at::Tensor& max_indices,
 }
 
 void check_max_indices(const at::Tensor& max_indices, int64_t bags, int64_t dim,
-                       int64_t num_weights) {
-  TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.dim() == 2 &&
-                  max_indices.size(0) == bags && max_indices.size(1) == dim,
-              "embedding_bag backward: max_indices has to be an int64 tensor of shape (", bags,
-              ", ", dim, ") in max mode, but got ", max_indices.scalar_type(), " of shape ",
-              max_indices.sizes());
+                       int64_t num_weights, const at::Tensor& grad) {
+  check_max_indices_shape(max_indices, bags, dim, grad);
   const int64_t* winners = max_indices.const_data_ptr<int64_t>();
   for (int64_t k = 0; k < max_indices.numel(); ++k) {
     if (winners[k] < -1 || winners[k] >= num_weights) {
@@ -199,7 +195,7 @@ at::Tensor dense_backward(const at::Tensor& grad, const at::Tensor& input,
   }
   if (mode == Mode::Max) {
     const auto winners = max_indices.contiguous();
-    check_max_indices(winners, in.num_bags, in.dim, num_weights);
+    check_max_indices(winners, in.num_bags, in.dim, num_weights, grad);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                     "mybag_embedding_bag_max_backward_cpu",
                                     [&] { max_weight_grad<scalar_t>(in, winners, grad_weight); });

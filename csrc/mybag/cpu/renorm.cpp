@@ -7,43 +7,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <vector>
 
 #include "mybag/checks.h"
 #include "mybag/cpu/layout.h"
 #include "mybag/cpu/value_checks.h"
+#include "mybag/row_norm.h"
 
 namespace mybag::cpu {
 namespace {
-
-// The norm_type-norm of one row, as torch.linalg.vector_norm defines it (0, +-inf and any p).
-template <typename acc_t, typename scalar_t>
-acc_t row_norm(const scalar_t* row, int64_t col_stride, int64_t dim, double p) {
-  if (p == 2.0) {
-    acc_t total = 0;
-    for (int64_t d = 0; d < dim; ++d) {
-      const acc_t v = static_cast<acc_t>(row[d * col_stride]);
-      total += v * v;
-    }
-    return std::sqrt(total);
-  }
-  if (std::isinf(p)) {
-    acc_t best = p > 0 ? acc_t(0) : std::numeric_limits<acc_t>::infinity();
-    for (int64_t d = 0; d < dim; ++d) {
-      const acc_t v = std::abs(static_cast<acc_t>(row[d * col_stride]));
-      best = p > 0 ? std::max(best, v) : std::min(best, v);
-    }
-    return best;
-  }
-  acc_t total = 0;
-  for (int64_t d = 0; d < dim; ++d) {
-    const acc_t v = std::abs(static_cast<acc_t>(row[d * col_stride]));
-    total += p == 0.0 ? acc_t(v != 0) : (p == 1.0 ? v : std::pow(v, static_cast<acc_t>(p)));
-  }
-  return (p == 0.0 || p == 1.0) ? total : std::pow(total, static_cast<acc_t>(1.0 / p));
-}
 
 template <typename index_t>
 std::vector<int64_t> distinct_rows(const index_t* indices, int64_t n) {
@@ -75,12 +47,13 @@ void renorm_(at::Tensor& weight, const at::Tensor& input, const std::optional<at
     at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t first, int64_t last) {
       for (int64_t k = first; k < last; ++k) {
         scalar_t* row = table + rows[k] * row_stride;
-        // torch computes the norm as a tensor of weight's dtype and reads it back as a double:
-        // round the same way so half and bfloat16 tables scale identically.
-        const double norm = static_cast<double>(
-            static_cast<scalar_t>(row_norm<acc_t>(row, col_stride, dim, norm_type)));
-        if (norm > max_norm) {
-          const acc_t scale = static_cast<acc_t>(max_norm / (norm + 1e-7));
+        RowNorm<acc_t> norm_of_row(norm_type);
+        for (int64_t d = 0; d < dim; ++d) {
+          norm_of_row.add(static_cast<acc_t>(row[d * col_stride]));
+        }
+        const double norm = static_cast<double>(static_cast<scalar_t>(norm_of_row.finish()));
+        if (renorm_needed(norm, max_norm)) {
+          const acc_t scale = static_cast<acc_t>(renorm_factor(norm, max_norm));
           for (int64_t d = 0; d < dim; ++d) {
             scalar_t& v = row[d * col_stride];
             v = static_cast<scalar_t>(static_cast<acc_t>(v) * scale);
