@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "mybag/checks.h"
+#include "mybag/cuda_value_checks.h"
 #include "mybag/internal_ops.h"
 
 namespace mybag {
@@ -18,14 +19,19 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // The sparse COO gradient: one row per non-padding entry of input (uncoalesced, as torch's).
+// With CUDA value checks off, entries out of range are dropped too: they got no gradient, and a
+// sparse tensor must not name rows the table lacks.
 at::Tensor sparse_weight_grad(const at::Tensor& per_entry, const at::Tensor& input,
                               int64_t padding_row, int64_t num_weights) {
   auto rows = input.reshape({-1}).to(at::kLong);
   auto values = per_entry;
-  if (padding_row >= 0) {
+  const bool unchecked = input.is_cuda() && !cuda_value_checks_enabled();
+  if (padding_row >= 0 || unchecked) {
+    auto keep = padding_row >= 0 ? rows.ne(padding_row) : at::ones_like(rows, at::kBool);
+    if (unchecked) keep = keep.logical_and(rows.ge(0)).logical_and(rows.lt(num_weights));
     // One selection for both, so rows and values provably keep the same (data-dependent)
     // length under torch.compile.
-    const auto kept = rows.ne(padding_row).nonzero().squeeze(1);
+    const auto kept = keep.nonzero().squeeze(1);
     rows = rows.index_select(0, kept);
     values = values.index_select(0, kept);
   }

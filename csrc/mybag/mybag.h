@@ -1,6 +1,8 @@
-// Everything mybag offers C++ programs: the functional form and the module.
+// Everything mybag offers C++ programs: the functional form, the module and the switch for
+// the CUDA value checks.
 #pragma once
 
+#include "mybag/cuda_value_checks.h"  // IWYU pragma: export
 #include "mybag/embedding_bag.h"  // IWYU pragma: export
 #include "mybag/mode.h"           // IWYU pragma: export
 #include "mybag/module.h"         // IWYU pragma: export
