@@ -1,7 +1,7 @@
 """mybag: torch.nn.functional.embedding_bag as the custom operator torch.ops.mybag.embedding_bag.
 
 Importing this package loads mybag's compiled library, which registers the ``mybag`` operators
-(CPU kernels, autograd, Meta kernels for torch.compile) with PyTorch's dispatcher.
+(CPU and CUDA kernels, autograd, Meta kernels for torch.compile) with PyTorch's dispatcher.
 """
 
 from mybag._library import library_path, load_library
@@ -10,6 +10,19 @@ load_library()
 
 from mybag.functional import embedding_bag  # noqa: E402
 from mybag.modules import EmbeddingBag, swap_embedding_bags  # noqa: E402
+from mybag.value_checks import (  # noqa: E402
+    cuda_value_checks,
+    cuda_value_checks_enabled,
+    set_cuda_value_checks,
+)
 
-__all__ = ["EmbeddingBag", "embedding_bag", "library_path", "swap_embedding_bags"]
+__all__ = [
+    "EmbeddingBag",
+    "cuda_value_checks",
+    "cuda_value_checks_enabled",
+    "embedding_bag",
+    "library_path",
+    "set_cuda_value_checks",
+    "swap_embedding_bags",
+]
 __version__ = "0.1.0"

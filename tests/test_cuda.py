@@ -1,0 +1,381 @@
+"""CUDA-specific tests: the kernels' registration (checked on every machine, GPU or not), the
+value-check switch, and on a GPU: CUDA against CPU, determinism, streams, torch.compile, CUDA
+graph capture, and bad input raising with the CUDA context surviving.
+
+The device-parametrized suites (test_parity, test_gradients, test_errors, ...) run every
+parity case on CUDA too; this file covers what only CUDA has.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mybag
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import (
+    FLOAT_DTYPES,
+    MODES,
+    Case,
+    assert_close,
+    make_case,
+    random_grad,
+    requires_cuda,
+)
+
+INTERNAL_OPS = [
+    "_embedding_bag_renorm_",
+    "_embedding_bag_forward",
+    "_embedding_bag_dense_backward",
+    "_embedding_bag_per_entry_grad",
+    "_embedding_bag_per_sample_weights_backward",
+]
+
+
+def _registered(key):
+    return {n for n in torch._C._dispatch_get_registrations_for_dispatch_key(key)
+            if n.startswith("mybag::")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a GPU
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="torch without CUDA cannot hold CUDA kernels")
+def test_every_op_with_a_cpu_kernel_has_a_cuda_kernel():
+    """Runs on CPU-only machines too: a CUDA torch plus nvcc must have built the CUDA kernels
+    (CI builds them without a GPU), and none may be missing."""
+    cpu = _registered("CPU")
+    assert cpu == {f"mybag::{name}" for name in INTERNAL_OPS}
+    assert _registered("CUDA") == cpu
+
+
+def test_value_check_switch_sets_and_restores():
+    assert mybag.cuda_value_checks_enabled()
+    assert mybag.set_cuda_value_checks(False) is True
+    try:
+        assert not mybag.cuda_value_checks_enabled()
+        with mybag.cuda_value_checks(True):
+            assert mybag.cuda_value_checks_enabled()
+        assert not mybag.cuda_value_checks_enabled()
+    finally:
+        assert mybag.set_cuda_value_checks(True) is False
+    with pytest.raises(RuntimeError, match="boom"), mybag.cuda_value_checks(False):
+        raise RuntimeError("boom")
+    assert mybag.cuda_value_checks_enabled()
+
+
+def test_value_check_switch_reads_the_environment():
+    code = "import mybag; print(mybag.cuda_value_checks_enabled())"
+    for value, expected in [("0", "False"), ("1", "True")]:
+        env = dict(os.environ, MYBAG_CUDA_VALUE_CHECKS=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[-1] == expected, (value, out)
+
+
+def test_value_check_switch_is_scriptable():
+    @torch.jit.script
+    def toggle(enabled: bool) -> bool:
+        return torch.ops.mybag._set_cuda_value_checks(enabled)
+
+    assert toggle(False) is True
+    assert toggle(True) is False
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU
+
+def _run(case, grad_output, sparse=False, scale_grad_by_freq=False):
+    """Forward and backward of mybag on a case; returns (output, weight grad (dense), psw grad)."""
+    weight = case.weight.detach().clone().requires_grad_(True)
+    psw = case.per_sample_weights
+    if psw is not None:
+        psw = psw.detach().clone().requires_grad_(True)
+    kwargs = case.kwargs()
+    kwargs["per_sample_weights"] = psw
+    out = mybag.embedding_bag(case.input, weight, case.offsets, sparse=sparse,
+                              scale_grad_by_freq=scale_grad_by_freq, **kwargs)
+    out.backward(grad_output)
+    grad = weight.grad.to_dense() if weight.grad.is_sparse else weight.grad
+    return out.detach(), grad, (psw.grad if psw is not None else None)
+
+
+def _to(case, device):
+    return Case(
+        input=case.input.to(device),
+        offsets=None if case.offsets is None else case.offsets.to(device),
+        weight=case.weight.to(device),
+        per_sample_weights=None if case.per_sample_weights is None
+        else case.per_sample_weights.to(device),
+        mode=case.mode, include_last_offset=case.include_last_offset,
+        padding_idx=case.padding_idx)
+
+
+def _options():
+    for mode in MODES:
+        for dtype in FLOAT_DTYPES:
+            for form in ["1d", "2d"]:
+                yield mode, dtype, form, False, False
+                if mode != "max":
+                    yield mode, dtype, form, True, False   # sparse
+                    yield mode, dtype, form, False, True   # scale_grad_by_freq
+                    if mode == "sum":
+                        yield mode, dtype, form, True, True
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode,dtype,form,sparse,freq", list(_options()))
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_cuda_matches_cpu(mode, dtype, form, sparse, freq, padding_idx):
+    case = make_case(mode=mode, form=form, dtype=dtype, padding_idx=padding_idx,
+                     psw=(mode == "sum"), num_embeddings=40, dim=45, num_bags=9, max_bag=50,
+                     empty_bags=True, seed=3)
+    grad_output = random_grad((case.num_bags, 45), dtype)
+    cpu = _run(case, grad_output, sparse, freq)
+    gpu = _run(_to(case, "cuda"), grad_output.cuda(), sparse, freq)
+    for mine, ref, what in zip(gpu, cpu, ["output", "weight grad", "psw grad"]):
+        if ref is None:
+            assert mine is None
+            continue
+        assert mine.device.type == "cuda"
+        assert_close(mine, ref, dtype=dtype, scale=2.0, msg=what)
+
+
+def _hot_row_case(mode, dtype, device, seed=0):
+    """Zipf-like input: row 7 is a third of all entries (many chunks in the backward), other
+    rows repeat a few times; offsets with empty and long bags."""
+    g = torch.Generator().manual_seed(seed)
+    n = 6000
+    input = torch.randint(0, 500, (n,), generator=g)
+    input[torch.rand(n, generator=g) < 0.33] = 7
+    cuts = torch.sort(torch.randint(0, n, (199,), generator=g)).values
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), cuts])
+    weight = torch.randn(500, 96, generator=g).to(dtype)
+    psw = torch.rand(n, generator=g).to(dtype) if mode == "sum" else None
+    return input.to(device), offsets.to(device), weight.to(device), psw
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d)[6:])
+def test_cuda_is_deterministic(mode, dtype):
+    """Same bits on every run: forward, dense and sparse gradients, per_sample_weights grads."""
+    input, offsets, weight, psw = _hot_row_case(mode, dtype, "cuda")
+    psw = None if psw is None else psw.cuda()
+    grad_output = random_grad((offsets.numel(), 96), dtype, "cuda")
+
+    def run(sparse):
+        w = weight.clone().requires_grad_(True)
+        p = None if psw is None else psw.clone().requires_grad_(True)
+        out = mybag.embedding_bag(input, w, offsets, mode=mode, sparse=sparse,
+                                  per_sample_weights=p)
+        out.backward(grad_output)
+        grad = w.grad.coalesce().values() if sparse else w.grad
+        return [out, grad] + ([p.grad] if p is not None else [])
+
+    for sparse in [False] if mode == "max" else [False, True]:
+        first, second = run(sparse), run(sparse)
+        for a, b in zip(first, second):
+            assert torch.equal(a, b)
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_hot_rows_match_cpu(mode):
+    input, offsets, weight, psw = _hot_row_case(mode, torch.float64, "cpu")
+    grad_output = random_grad((offsets.numel(), 96), torch.float64)
+    results = []
+    for device in ["cpu", "cuda"]:
+        w = weight.to(device).requires_grad_(True)
+        out = mybag.embedding_bag(input.to(device), w, offsets.to(device), mode=mode,
+                                  per_sample_weights=None if psw is None else psw.to(device))
+        out.backward(grad_output.to(device))
+        results.append((out.detach().cpu(), w.grad.cpu()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-12, atol=1e-12)
+
+
+@requires_cuda
+def test_bfloat16_max_backward_on_cuda():
+    """torch's CUDA max backward has no bfloat16 kernel; mybag's matches its float32 result."""
+    input, offsets, _, _ = _hot_row_case("max", torch.float32, "cuda")
+    # Small integers are exact in bfloat16, so both dtypes pick the same winners.
+    weight = torch.randint(-100, 100, (500, 96), generator=torch.Generator().manual_seed(1))
+    weight = weight.float().cuda()
+    grad_output = random_grad((offsets.numel(), 96), torch.bfloat16, "cuda").float()
+    grads = []
+    for dtype in [torch.float32, torch.bfloat16]:
+        w = weight.to(dtype).requires_grad_(True)
+        mybag.embedding_bag(input, w, offsets, mode="max").backward(grad_output.to(dtype))
+        grads.append(w.grad.float())
+    # Sums of the same bfloat16 values: float32 accumulation, one rounding to bfloat16.
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-2, atol=1e-2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_results_right_on_a_side_stream(mode):
+    input, offsets, weight, psw = _hot_row_case(mode, torch.float32, "cuda")
+    psw = None if psw is None else psw.cuda()
+    expected = mybag.embedding_bag(input, weight, offsets, mode=mode, per_sample_weights=psw)
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        w = weight.clone().requires_grad_(True)
+        out = mybag.embedding_bag(input, w, offsets, mode=mode, per_sample_weights=psw)
+        out.sum().backward()
+    stream.synchronize()
+    assert torch.equal(out, expected)
+    reference = weight.clone().requires_grad_(True)
+    mybag.embedding_bag(input, reference, offsets, mode=mode, per_sample_weights=psw).sum().backward()
+    assert torch.equal(w.grad, reference.grad)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_on_cuda(dynamic):
+    torch._dynamo.reset()
+    case = make_case(mode="mean", padding_idx=2, device="cuda", dim=32, num_bags=8)
+    grad_output = random_grad((case.num_bags, 32), torch.float32, "cuda")
+
+    def f(w):
+        return mybag.embedding_bag(case.input, w, case.offsets, mode="mean", padding_idx=2)
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=dynamic)
+    w1 = case.weight.clone().requires_grad_(True)
+    w2 = case.weight.clone().requires_grad_(True)
+    out1, out2 = f(w1), compiled(w2)
+    out1.backward(grad_output)
+    out2.backward(grad_output)
+    assert torch.equal(out1, out2)
+    assert torch.equal(w1.grad, w2.grad)
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_graph_capture_of_forward_with_checks_off(mode):
+    input, offsets, weight, psw = _hot_row_case(mode, torch.float32, "cuda")
+    psw = None if psw is None else psw.cuda()
+    static_input = input.clone()
+    f = lambda: mybag.embedding_bag(static_input, weight, offsets, mode=mode,
+                                    per_sample_weights=psw)
+    with mybag.cuda_value_checks(False):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            f()  # warm-up outside the graph, as CUDA graphs need
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = f()
+    for seed in range(3):
+        new_input = torch.randint(0, weight.shape[0], input.shape,
+                                  generator=torch.Generator().manual_seed(seed)).cuda()
+        static_input.copy_(new_input)
+        graph.replay()
+        expected = mybag.embedding_bag(new_input, weight, offsets, mode=mode,
+                                       per_sample_weights=psw)
+        assert torch.equal(static_out, expected)
+
+
+@requires_cuda
+def test_capture_skips_the_checks_on_its_own():
+    """With the switch on, a capture still works: the sync-needing checks stand down."""
+    case = make_case(mode="sum", device="cuda")
+    f = lambda: mybag.embedding_bag(case.input, case.weight, case.offsets, mode="sum")
+    f()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = f()
+    graph.replay()
+    assert torch.equal(out, f())
+
+
+def _bad_calls(device):
+    w = torch.randn(10, 4, device=device)
+    i = lambda *v: torch.tensor(v, device=device)
+    return [
+        (lambda: mybag.embedding_bag(i(1, 10, 2), w, i(0, 1), mode="sum"), IndexError,
+         r"input\[1\] = 10 is out of range"),
+        (lambda: mybag.embedding_bag(i(1, -1, 2), w, i(0, 1), mode="max"), IndexError,
+         r"input\[1\] = -1"),
+        (lambda: mybag.embedding_bag(i([1, 2], [3, 99]), w, mode="mean"), IndexError,
+         r"input\[3\] = 99"),
+        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(1, 2), mode="sum"), RuntimeError,
+         r"offsets\[0\] has to be 0"),
+        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(0, 2, 1), mode="sum"), RuntimeError,
+         r"non-decreasing, but got offsets\[2\] = 1"),
+        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(0, 4), mode="sum"), RuntimeError,
+         r"offsets\[1\] = 4 is past the end"),
+        (lambda: mybag.embedding_bag(i(1, 12, 3), w, i(0, 2), mode="sum", max_norm=1.0),
+         IndexError, r"input\[1\] = 12"),
+    ]
+
+
+@requires_cuda
+@pytest.mark.parametrize("which", range(7))
+def test_bad_input_raises_and_the_context_survives(which):
+    call, error, pattern = _bad_calls("cuda")[which]
+    with pytest.raises(error, match=pattern):
+        call()
+    torch.cuda.synchronize()  # a device-side assert would surface here
+    case = make_case(mode="sum", device="cuda")
+    out = mybag.embedding_bag(case.input, case.weight, case.offsets, mode="sum")
+    expected = F.embedding_bag(case.input, case.weight, case.offsets, mode="sum")
+    torch.testing.assert_close(out, expected)
+
+
+@requires_cuda
+def test_failed_max_norm_call_leaves_weight_untouched_on_cuda():
+    w = (torch.randn(10, 4) * 10).cuda()
+    before = w.clone()
+    with pytest.raises(IndexError):
+        mybag.embedding_bag(torch.tensor([1, 2, 10]).cuda(), w, torch.tensor([0]).cuda(),
+                            max_norm=1.0)
+    assert torch.equal(w, before)
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_checks_off_contains_bad_indices(mode):
+    """With checks off, out-of-range indices are skipped like padding, bad offsets clamped;
+    nothing is read or written out of bounds (compute-sanitizer checks the latter)."""
+    weight = torch.randn(10, 8, device="cuda", requires_grad=True)
+    input = torch.tensor([1, 10, 2, -5, 3, 1_000_000], device="cuda")
+    offsets = torch.tensor([0, 2, 4], device="cuda")
+    with mybag.cuda_value_checks(False):
+        out = mybag.embedding_bag(input, weight, offsets, mode=mode,
+                                  sparse=mode != "max")
+        out.sum().backward()
+        torch.cuda.synchronize()
+    # The same as if the bad entries were padding rows.
+    good = torch.tensor([1, 0, 2, 0, 3, 0], device="cuda")
+    w2 = weight.detach().clone()
+    w2[0] = 0.0
+    expected = F.embedding_bag(good, w2, offsets, mode=mode, padding_idx=0)
+    assert_close(out.detach(), expected)
+    grad = weight.grad.to_dense() if weight.grad.is_sparse else weight.grad
+    assert grad[[0, 4, 5, 6, 7, 8, 9]].abs().sum() == 0
+    assert grad[[1, 2, 3]].abs().sum() > 0
+    with mybag.cuda_value_checks(False):
+        bad_offsets = torch.tensor([0, 9, 1], device="cuda")
+        mybag.embedding_bag(input.clamp(0, 9), weight, bad_offsets, mode=mode)
+        torch.cuda.synchronize()
+
+
+@requires_cuda
+def test_cuda_and_cpu_errors_read_the_same():
+    for cpu_call, gpu_call in zip(_bad_calls("cpu"), _bad_calls("cuda")):
+        messages = []
+        for call, error, _ in (cpu_call, gpu_call):
+            with pytest.raises(error) as info:
+                call()
+            messages.append(str(info.value).splitlines()[0])
+        assert messages[0] == messages[1]
+
