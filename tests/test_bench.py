@@ -1,0 +1,173 @@
+"""Tests of the benchmark program (python -m mybag.bench), not of mybag's speed.
+
+They run the hidden ``--tiny`` grid (three cases of a 1000-row table, about a second) through
+the command line and through the Python API, and check the figures' arithmetic, the files
+written, and that a wrong answer from mybag is caught before it is timed.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import mybag
+import mybag.bench
+import pytest
+import torch
+from mybag.bench import cli, grid, inputs, traffic
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def _check_rows(rows: list[dict], names: list[str]) -> None:
+    assert [r["case"] for r in rows] == names
+    for r in rows:
+        torch_ms, mybag_ms = float(r["torch_ms"]), float(r["mybag_ms"])
+        assert torch_ms > 0 and mybag_ms > 0 and float(r["gather_ms"]) > 0
+        assert float(r["speedup"]) == pytest.approx(torch_ms / mybag_ms, rel=1e-12)
+        assert float(r["speedup_min"]) == pytest.approx(
+            float(r["torch_min_ms"]) / float(r["mybag_min_ms"]), rel=1e-12
+        )
+        assert 0 < float(r["torch_min_ms"]) <= torch_ms and 0 < float(r["mybag_min_ms"]) <= mybag_ms
+        assert int(r["bytes"]) > 0 and int(r["runs"]) >= 3
+        for key in ("torch_gbps", "mybag_gbps"):
+            assert float(r[key]) == pytest.approx(int(r["bytes"]) / float(r[key[:-4] + "ms"]) / 1e6)
+        for key in ("torch_frac_gather", "mybag_frac_gather", "torch_frac_copy", "mybag_frac_copy"):
+            # Above 1 is possible (cache reuse beats the ceilings), far above is a bug.
+            assert 0 < float(r[key]) < 50, (r["case"], key, r[key])
+        assert float(r["mybag_frac_copy"]) == pytest.approx(
+            float(r["mybag_gbps"]) / float(r["copy_gbps"])
+        )
+
+
+def test_command_line_writes_csv_json_and_plot(tmp_path):
+    out = tmp_path / "bench"
+    names = [c.name for c in grid.select(grid.tiny_grid(), "f32", "cpu")]
+    assert len(names) == 3
+    done = subprocess.run(
+        [sys.executable, "-m", "mybag.bench", "--tiny", "--filter", "f32", "--out", str(out)],
+        check=False, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "geometric-mean speed-up" in done.stdout
+    assert "3/3" in done.stderr  # the progress bar reached the end
+
+    with open(out / "results.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    _check_rows(csv_rows, names)
+
+    document = json.loads((out / "results.json").read_text())
+    _check_rows(document["results"], names)
+    machine = document["machine"]
+    assert machine["torch"] == torch.__version__
+    assert machine["torch_threads"] >= 1 and machine["cpu"] and machine["date"]
+    ceilings = document["ceilings"]
+    assert ceilings["copy_gbps"] == max(ceilings["copy_gbps_start"], ceilings["copy_gbps_end"]) > 0
+    speedups = [r["speedup"] for r in document["results"]]
+    summary = document["summary"]
+    assert summary["geomean_speedup"] == pytest.approx(
+        math.exp(sum(map(math.log, speedups)) / len(speedups))
+    )
+    assert summary["min_speedup"] == min(speedups)
+    assert [name for name, _ in summary["below_1"]] == [
+        r["case"] for r in document["results"] if r["speedup"] < 1
+    ]
+    assert summary["mismatches"] == []
+    if HAS_MATPLOTLIB:
+        assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_list_prints_the_selected_cases(capsys):
+    assert cli.main(["--tiny", "--filter", "max", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["fwd max f32 1k x16 L5 uniform pad"]
+
+
+def test_api_returns_one_row_per_case():
+    rows = mybag.bench.run(tiny=True, repeats=3)
+    _check_rows(rows, [c.name for c in grid.tiny_grid()])
+    assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd sparse"}
+
+
+def _wrong_by(factor: float):
+    real = mybag.embedding_bag
+
+    def wrong(*args, **kwargs):
+        return real(*args, **kwargs) * factor
+
+    return wrong
+
+
+@pytest.mark.parametrize("which", ["fwd sum", "fwd+bwd sparse"])
+def test_a_wrong_answer_is_caught_before_timing(monkeypatch, which):
+    # Forward: the output is off; fwd+bwd: the output's gradient (so the weight's) is off.
+    monkeypatch.setattr(mybag, "embedding_bag", _wrong_by(1.5))
+    with pytest.raises(mybag.bench.MismatchError, match="differs from torch"):
+        mybag.bench.run(tiny=True, filter=which, repeats=3)
+
+
+def test_mismatches_are_listed_and_the_exit_status_is_1(monkeypatch, capsys):
+    monkeypatch.setattr(mybag, "embedding_bag", _wrong_by(-1.0))
+    report = mybag.bench.benchmark(tiny=True, filter="fwd sum", on_mismatch="skip")
+    assert report["results"] == []
+    assert len(report["summary"]["mismatches"]) == 1
+    assert cli.main(["--tiny", "--filter", "fwd sum", "--no-progress"]) == 1
+    assert "MISMATCHES (not timed): 1" in capsys.readouterr().out
+
+
+def test_an_exception_from_mybag_is_reported(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(mybag, "embedding_bag", broken)
+    with pytest.raises(mybag.bench.MismatchError, match="kernel exploded"):
+        mybag.bench.run(tiny=True, filter="fwd sum", repeats=3)
+
+
+def test_grids_cover_the_axes():
+    full, quick = grid.full_grid(), grid.quick_grid()
+    assert 60 <= len(full) <= 120 and 15 <= len(quick) <= 25
+    for cases in (full, quick):
+        assert len({c.name for c in cases}) == len(cases)
+        assert {c.mode for c in cases} == {"sum", "mean", "max"}
+        assert {c.dtype for c in cases} == {"f32", "bf16", "f16", "f64"}
+        assert {c.pass_ for c in cases} == {"fwd", "fwd+bwd dense", "fwd+bwd sparse"}
+        assert {c.dist for c in cases} == {"uniform", "zipf"}
+        assert any(c.padding for c in cases) and any(c.per_sample_weights for c in cases)
+        assert not any(c.pass_ == "fwd+bwd sparse" and c.mode == "max" for c in cases)
+        assert not any(c.per_sample_weights and c.mode != "sum" for c in cases)
+    assert {c.dim for c in full} == {16, 64, 128, 512}
+    assert {c.bag_size for c in full} == {1, 20, 150}
+    assert {c.rows for c in full} == {10_000, 1_000_000}
+    itemsize = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8}
+    assert max(c.rows * c.dim * itemsize[c.dtype] for c in full) <= 2 * 2**30
+    assert "fwd sum f32 1M x128 L20 uniform" in {c.name for c in full}
+    assert all(c.dtype != "f64" for c in grid.select(full, None, "cuda"))
+    assert all("zipf" in c.name for c in grid.select(full, "zipf", "cpu"))
+
+
+def test_zipf_indices_are_skewed_and_scattered():
+    generator = torch.Generator().manual_seed(0)
+    drawn = inputs.zipf_indices(10_000, 100_000, generator)
+    assert drawn.min() >= 0 and drawn.max() < 10_000
+    counts = torch.bincount(drawn, minlength=10_000).sort(descending=True).values
+    # The hottest row alone takes about 1 / H(10^4, 1.05) ~ 11% of the draws; uniform: 0.01%.
+    assert counts[0] > 0.05 * drawn.numel()
+    assert counts[:100].sum() > 0.4 * drawn.numel()
+    hottest = torch.bincount(drawn).topk(10).indices
+    assert hottest.max() > 1000  # permuted: the hot rows are not the first ones
+
+
+def test_byte_model():
+    case = grid.Case("fwd", "sum", "f32", 1000, 16, 5, 32, padding=True)
+    x = inputs.make_inputs(case, "cpu", inputs.TableCache())
+    used = int((x.input != x.padding_idx).sum())
+    assert 0 < used < 160
+    forward = used * 16 * 4 + 32 * 16 * 4 + 160 * 8 + 32 * 8
+    assert traffic.case_bytes(case, x) == forward
+    dense = grid.Case("fwd+bwd dense", "sum", "f32", 1000, 16, 5, 32)
+    x = inputs.make_inputs(dense, "cpu", inputs.TableCache())
+    assert traffic.case_bytes(dense, x) == (160 + 32 + 32 + 1000) * 16 * 4 + 160 * 8 + 32 * 8
