@@ -3,13 +3,11 @@ dispatcher registrations each operator is expected to have."""
 
 import zlib
 from dataclasses import dataclass
-from typing import Optional
 
+import mybag  # noqa: F401  (registers torch.ops.mybag)
 import pytest
 import torch
 import torch.nn.functional as F
-
-import mybag  # noqa: F401  (registers torch.ops.mybag)
 
 ops = torch.ops.mybag
 
@@ -33,12 +31,12 @@ class Sample:
     shape: str = "1d"  # "1d": input (N,) with offsets; "2d": input (B, L)
     mode: str = "sum"
     index_dtype: torch.dtype = torch.int64
-    offsets_dtype: Optional[torch.dtype] = None  # None: input's dtype
+    offsets_dtype: torch.dtype | None = None  # None: input's dtype
     dtype: torch.dtype = torch.float32
-    padding_idx: Optional[int] = None
+    padding_idx: int | None = None
     psw: bool = False
     include_last_offset: bool = False
-    max_norm: Optional[float] = None
+    max_norm: float | None = None
     norm_type: float = 2.0
     scale_grad_by_freq: bool = False
     sparse: bool = False
@@ -74,7 +72,7 @@ class Sample:
             inp.view(-1)[[0, 3, 4]] = pad_row
         inp = inp.to(self.index_dtype)
         psw = torch.rand(inp.shape, generator=gen, dtype=torch.float64) if self.psw else None
-        to = lambda t: None if t is None else t.to(device)  # noqa: E731
+        to = lambda t: None if t is None else t.to(device)
         return (to(inp), to(weight.to(self.dtype)), to(offsets),
                 to(None if psw is None else psw.to(self.dtype)))
 
@@ -290,6 +288,13 @@ def _registered(key):
 
 def test_cpu_kernels_are_exactly_the_internal_ops():
     assert _registered("CPU") == {f"mybag::{name}" for name in INTERNAL_OPS}
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="torch without CUDA cannot hold CUDA kernels")
+def test_every_op_with_a_cpu_kernel_has_a_cuda_kernel():
+    """Runs on CPU-only machines too: a CUDA torch plus nvcc must have built the CUDA kernels
+    (CI builds them without a GPU), and none may be missing."""
+    assert _registered("CUDA") == _registered("CPU")
 
 
 def test_meta_kernels_are_exactly_the_internal_ops():
