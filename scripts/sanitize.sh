@@ -3,7 +3,7 @@
 # directory (python/mybag/_C.so is never touched) and runs the Python test suite against it.
 #
 #   bash scripts/sanitize.sh                 # build (if needed) + run the CPU tests
-#   bash scripts/sanitize.sh -x tests/test_fuzz.py   # extra arguments go to pytest
+#   SANITIZE_TESTS=tests/test_fuzz.py bash scripts/sanitize.sh -x   # extra arguments go to pytest
 #
 # Environment:
 #   SANITIZE_DIR   where the instrumented build lives (default build/sanitize); reused while
@@ -12,6 +12,7 @@
 #                  "worktree": build the working tree as it is
 #   SANITIZE_OPT   optimization for the instrumented build: "debug" (-O0 -g, the default:
 #                  fast to compile, exact stacks) or "release" (setup.py's -O3, plus -g)
+#   SANITIZE_TESTS what pytest collects (default "tests"), e.g. "tests/test_scale.py"
 #   SANITIZE_BUILD_ONLY=1  build, do not run the tests
 #   MAX_JOBS       parallel compile jobs (default 1: gentle on a shared 2-core machine)
 #
@@ -116,7 +117,9 @@ print("sanitize.sh: testing", os.path.dirname(mybag.__file__))
 EOF
 
 set +e
-python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_cpp.py -k "not cuda" "$@"
+# shellcheck disable=SC2086
+python -m pytest ${SANITIZE_TESTS:-tests} -q -p no:cacheprovider --ignore=tests/test_cpp.py \
+  -k "not cuda" "$@"
 status=$?
 set -e
 

@@ -367,9 +367,6 @@ def test_fuzz_nan_and_inf_weights_against_reference(device):
     @given(call=calls(device=device, allow_nan=True))
     def run(call):
         case, extra, flags = call
-        # Known bug (test_renorm_inf_norm_with_nan_row_is_left_alone): kept out of the fuzz.
-        assume(not (math.isinf(extra.get("norm_type", 2.0))
-                    and not torch.isfinite(case.weight).all()))
         _count(f"nan_inf[{device}]")
         check_call(case, extra, flags, device, against_torch=False)
 
@@ -504,13 +501,12 @@ def test_sparse_scale_grad_by_freq_all_padding_bag(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm_type", [math.inf, -math.inf])
-@pytest.mark.xfail(strict=True, reason="bug: max_norm with norm_type=+-inf ignores a NaN in the "
-                   "row (std::max/std::min drop NaN), so the row is rescaled; torch's norm is NaN "
-                   "and the row is left alone")
 def test_renorm_inf_norm_with_nan_row_is_left_alone(device, norm_type):
-    # Found by test_fuzz_nan_and_inf_weights_against_reference. torch (and SPEC §4: only a row
-    # whose norm *exceeds* max_norm is scaled; NaN exceeds nothing) leaves [1.541, nan] as it is;
-    # mybag scaled it to [0.5, nan].
+    # Regression: found by test_fuzz_nan_and_inf_weights_against_reference in bf668a5, where
+    # max_norm with norm_type=+-inf ignored a NaN in the row (std::max/std::min drop NaN) and
+    # scaled [1.541, nan] to [0.5, nan]. torch (and SPEC §4: only a row whose norm *exceeds*
+    # max_norm is scaled; NaN exceeds nothing) leaves it as it is. Fixed by 13a25f1 (row_norm.h:
+    # a NaN wins the +-inf norm).
     w = torch.tensor([[1.541, math.nan], [3.0, 4.0]], device=device)
     theirs = w.clone()
     mybag.embedding_bag(torch.tensor([0, 1], device=device), w, torch.tensor([0], device=device),
