@@ -473,9 +473,8 @@ def test_fuzz_strided_weight_and_indices(device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Regression tests: one per bug the fuzzer found (docs/reliability.md; a strict xfail until it is
-# fixed), and fixed examples of the edges the strategy aims for, so that they run on every CI
-# run whatever the profile draws.
+# Regression tests: one per bug the fuzzer found (docs/reliability.md), and fixed examples of the
+# edges the strategy aims for, so that they run on every CI run whatever the profile draws.
 
 
 @pytest.mark.parametrize("device", DEVICES)
