@@ -126,12 +126,16 @@ set -e
 # A report is an error (ASan "ERROR:", UBSan "runtime error:", a "SUMMARY:" line or a failed
 # internal CHECK). allocator_may_return_null=1 also logs "WARNING: AddressSanitizer failed to
 # allocate 0x... bytes" for each refused huge request (the simulated OOM tests): counted apart.
-reports=$(grep -l -E 'ERROR: |runtime error:|SUMMARY: |CHECK failed' "$REPORTS"/* 2>/dev/null | wc -l)
-refused=$(cat "$REPORTS"/* 2>/dev/null | grep -c 'WARNING: AddressSanitizer failed to allocate' || true)
+reported_files() {
+  grep -l -E 'ERROR: |runtime error:|SUMMARY: |CHECK failed' "$REPORTS"/* 2>/dev/null || true
+}
+reports=$(reported_files | wc -l)
+refused=$({ cat "$REPORTS"/* 2>/dev/null || true; } |
+  { grep -c 'WARNING: AddressSanitizer failed to allocate' || true; })
 echo "sanitize.sh: pytest exit status $status, sanitizer reports: $reports" \
      "(refused huge allocations, expected: $refused)"
 if [[ "$reports" -gt 0 ]]; then
-  for f in $(grep -l -E 'ERROR: |runtime error:|SUMMARY: |CHECK failed' "$REPORTS"/*); do
+  for f in $(reported_files); do
     echo "==== $f"; head -60 "$f"
   done
   exit 1
