@@ -11,34 +11,14 @@
 #include <vector>
 
 #include "mybag/checks.h"
+#include "mybag/cpu/forward_args.h"
 #include "mybag/cpu/layout.h"
+#include "mybag/cpu/simd.h"
 #include "mybag/cpu/value_checks.h"
 #include "mybag/cpu/rows.h"
 
 namespace mybag::cpu {
 namespace {
-
-template <typename scalar_t, typename index_t>
-struct ForwardArgs {
-  const scalar_t* weight;
-  int64_t row_stride;
-  int64_t col_stride;
-  int64_t dim;
-  const index_t* indices;
-  BagLayout<index_t> layout;
-  const scalar_t* per_sample_weights;  // nullptr when absent
-  int64_t padding_idx;                 // -1 when absent
-  scalar_t* output;                    // (num_bags, dim), contiguous
-  int64_t* max_indices;                // (num_bags, dim) in max mode, else nullptr
-
-  // Requests the row that entry i + kPrefetchDistance will read. Forced inline: left to the
-  // compiler it was not inlined into the row loops, which then ran 1.5-2x slower.
-  C10_ALWAYS_INLINE void prefetch_ahead(int64_t i) const {
-    if (i + kPrefetchDistance < layout.num_indices) {
-      prefetch_row(weight + indices[i + kPrefetchDistance] * row_stride, col_stride, dim);
-    }
-  }
-};
 
 template <typename scalar_t, typename index_t>
 void sum_or_mean(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first, int64_t last) {
@@ -145,8 +125,8 @@ std::tuple<at::Tensor, at::Tensor> forward(
       const int64_t grain = bag_grain_size(a.layout.num_indices, bags, dim);
       at::parallel_for(0, bags, grain, [&](int64_t first, int64_t last) {
         if (mode == Mode::Max) {
-          max_reduce(a, first, last);
-        } else {
+          if (!max_bags_avx2(a, first, last)) max_reduce(a, first, last);
+        } else if (!sum_bags_avx2(a, mode == Mode::Mean, first, last)) {
           sum_or_mean(a, mode == Mode::Mean, first, last);
         }
       });
