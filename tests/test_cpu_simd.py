@@ -108,3 +108,24 @@ def test_against_torch(name, weight, input, offsets, mode, padding_idx, psw):
                               per_sample_weights=psw)
     tol = {torch.float16: 1e-2, torch.bfloat16: 2e-2}.get(weight.dtype)
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("bad", [-1, 100])
+def test_index_checked_in_kernel_names_first_bad_entry(mode, bad):
+    # The SIMD kernels check indices as they read them; the error must still name the first bad
+    # entry, whichever task met one first.
+    weight = torch.randn(100, 33)
+    input = torch.randint(0, 100, (4000,))
+    input[2500] = bad
+    input[3900] = 100
+    offsets = torch.arange(0, 4000, 10)
+    with pytest.raises((IndexError, RuntimeError), match="2500"):
+        mybag.embedding_bag(input, weight, offsets, mode=mode)
+
+
+def test_index_checked_when_no_bag_reads_it():
+    weight = torch.randn(10, 4)
+    with pytest.raises((IndexError, RuntimeError)):
+        mybag.embedding_bag(torch.tensor([1, 12]), weight, torch.tensor([0]),
+                            include_last_offset=True)

@@ -23,6 +23,7 @@ struct ForwardArgs {
   int64_t padding_idx;                 // -1 when absent
   scalar_t* output;                    // (num_bags, dim), contiguous
   int64_t* max_indices;                // (num_bags, dim) in max mode, else nullptr
+  int64_t num_weights;                 // rows in the table: the SIMD kernels check indices
 
   // Requests the row that entry i + kPrefetchDistance will read. Forced inline: left to the
   // compiler it was not inlined into the row loops, which then ran 1.5-2x slower.

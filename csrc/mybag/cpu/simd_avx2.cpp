@@ -9,6 +9,9 @@
 // prefetches the whole row a few entries ahead; later tiles find the bag's rows in cache.
 #include "mybag/cpu/simd.h"
 
+#include <c10/util/Exception.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -199,43 +202,60 @@ struct Lanes<double> {
 constexpr int kSumTile = 8;
 constexpr int kMaxTile = 4;
 
-// Entries to look ahead: rows are requested about 2 KiB of row data ahead of their use, from 4
-// to 32 entries.
+// Entries to look ahead: rows are requested about 2 KiB of row data before their use, 4 to 16
+// entries ahead.
 inline int64_t prefetch_distance(int64_t row_bytes) {
   const int64_t entries = 2048 / (row_bytes > 0 ? row_bytes : 1);
-  return entries < 4 ? 4 : (entries > 32 ? 32 : entries);
+  return entries < 4 ? 4 : (entries > 16 ? 16 : entries);
 }
 
+// A bag's entries, with what its tiles need to check indices and prefetch rows.
 template <typename scalar_t, typename index_t>
 struct BagRange {
   const ForwardArgs<scalar_t, index_t>& a;
   int64_t begin;
   int64_t end;
-  int64_t prefetch_end;  // entries before it may prefetch
-  int64_t distance;      // 0: no prefetch (the bag's rows are in cache already)
-  int64_t row_bytes;
+  int64_t prefetch_last;  // entries i < prefetch_last prefetch entry i + distance
+  int64_t distance;
 
-  MYBAG_AVX2_INLINE void prefetch(int64_t i) const {
-    if (distance != 0 && i + distance < prefetch_end) {
-      const char* row =
-          reinterpret_cast<const char*>(a.weight + a.indices[i + distance] * a.row_stride);
-      for (int64_t offset = 0; offset < row_bytes; offset += 64) {
-        _mm_prefetch(row + offset, _MM_HINT_T0);
-      }
+  MYBAG_AVX2_INLINE bool out_of_range(int64_t row) const {
+    return static_cast<uint64_t>(row) >= static_cast<uint64_t>(a.num_weights);
+  }
+
+  // Requests the columns [col, col + kBytes) of the row entry i + distance reads. An index not
+  // checked yet may be out of range: it prefetches row 0 instead.
+  template <int kBytes>
+  MYBAG_AVX2_INLINE void prefetch(int64_t i, int64_t col) const {
+    if (i < prefetch_last) {
+      int64_t row = a.indices[i + distance];
+      row = out_of_range(row) ? 0 : row;
+      const char* bytes = reinterpret_cast<const char*>(a.weight + row * a.row_stride + col);
+#pragma GCC unroll 16
+      for (int offset = 0; offset < kBytes; offset += 64) _mm_prefetch(bytes + offset, _MM_HINT_T0);
     }
   }
 };
 
+template <typename scalar_t, typename index_t>
+MYBAG_AVX2_INLINE BagRange<scalar_t, index_t> bag_range(const ForwardArgs<scalar_t, index_t>& a,
+                                                        int64_t bag, int64_t distance) {
+  const int64_t begin = a.layout.begin(bag);
+  const int64_t end = a.layout.end(bag);
+  const int64_t last = a.layout.num_indices - distance;
+  return {a, begin, end, end < last ? end : last, distance};
+}
+
 // One column tile of one bag in sum/mean mode: NV full vectors from column `col`, plus a partial
 // vector of `part` columns when Part.
 template <int NV, bool Part, typename scalar_t, typename index_t>
-MYBAG_AVX2 void sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int part, bool mean,
+MYBAG_AVX2 bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int part, bool mean,
                          scalar_t* out) {
   using L = Lanes<scalar_t>;
   using vec = typename L::vec;
   using acc_t = typename L::acc_t;
   constexpr int W = L::kWidth;
   constexpr int kAcc = NV + (Part ? 1 : 0);
+  constexpr int kTileBytes = kAcc * W * static_cast<int>(sizeof(scalar_t));
   const auto& a = r.a;
   vec acc[kAcc];
 #pragma GCC unroll 16
@@ -243,9 +263,10 @@ MYBAG_AVX2 void sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int 
   int64_t count = 0;
   const scalar_t* base = a.weight + col;
   for (int64_t i = r.begin; i < r.end; ++i) {
-    r.prefetch(i);
+    r.template prefetch<kTileBytes>(i, col);
     const int64_t row = a.indices[i];
     if (row == a.padding_idx) continue;
+    if (r.out_of_range(row)) return false;
     ++count;
     const scalar_t* values = base + row * a.row_stride;
     if (a.per_sample_weights != nullptr) {
@@ -269,33 +290,36 @@ MYBAG_AVX2 void sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int 
 #pragma GCC unroll 16
   for (int k = 0; k < NV; ++k) L::store(out + col + k * W, acc[k]);
   if constexpr (Part) L::store_part(out + col + NV * W, part, acc[NV]);
+  return true;
 }
 
 // One column tile of one bag in max mode; the rule of max_reduce in forward.cpp, lane by lane.
 template <int NV, bool Part, typename scalar_t, typename index_t>
-MYBAG_AVX2 void max_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
+MYBAG_AVX2 bool max_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
                          scalar_t* out, int64_t* out_winner) {
   using L = Lanes<scalar_t>;
   using vec = typename L::vec;
   using pos_vec = typename L::pos_vec;
   constexpr int W = L::kWidth;
   constexpr int kAcc = NV + (Part ? 1 : 0);
+  constexpr int kTileBytes = kAcc * W * static_cast<int>(sizeof(scalar_t));
   const auto& a = r.a;
   const int64_t width = NV * W + (Part ? part : 0);
   const scalar_t* base = a.weight + col;
   int64_t i = r.begin;
-  for (; i < r.end && a.indices[i] == a.padding_idx; ++i) r.prefetch(i);
+  for (; i < r.end && a.indices[i] == a.padding_idx; ++i) r.template prefetch<kTileBytes>(i, col);
   if (i == r.end) {  // empty, or padding only
     for (int64_t j = 0; j < width; ++j) {
       out[col + j] = scalar_t(0);
       out_winner[col + j] = -1;
     }
-    return;
+    return true;
   }
   vec best[kAcc];
   pos_vec pos[kAcc];
   {
-    r.prefetch(i);
+    r.template prefetch<kTileBytes>(i, col);
+    if (r.out_of_range(a.indices[i])) return false;
     const scalar_t* values = base + a.indices[i] * a.row_stride;
     const pos_vec here = L::set1_pos(i - r.begin);
 #pragma GCC unroll 16
@@ -309,9 +333,10 @@ MYBAG_AVX2 void max_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int 
     }
   }
   for (++i; i < r.end; ++i) {
-    r.prefetch(i);
+    r.template prefetch<kTileBytes>(i, col);
     const int64_t row = a.indices[i];
     if (row == a.padding_idx) continue;
+    if (r.out_of_range(row)) return false;
     const scalar_t* values = base + row * a.row_stride;
     const pos_vec here = L::set1_pos(i - r.begin);
 #pragma GCC unroll 16
@@ -331,23 +356,19 @@ MYBAG_AVX2 void max_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int 
   for (int64_t j = 0; j < width; ++j) {
     out_winner[col + j] = static_cast<int64_t>(a.indices[r.begin + winner_pos[j]]);
   }
+  return true;
 }
 
-// Calls tile<NV, Part> for the last tile of a row: NV = full vectors left (0..kTile).
+// Runs Tile<NV, Part> for the last tile of a row: NV = full vectors left (0..kTile).
 template <int kTile, template <int, bool> class Tile, typename... Args>
-MYBAG_AVX2_INLINE void last_tile(int full, bool part, Args&&... args) {
+MYBAG_AVX2_INLINE bool last_tile(int full, bool part, Args&&... args) {
   if constexpr (kTile > 0) {
     if (full == kTile) {
-      if (part) {
-        Tile<kTile, true>::run(args...);
-      } else {
-        Tile<kTile, false>::run(args...);
-      }
-      return;
+      return part ? Tile<kTile, true>::run(args...) : Tile<kTile, false>::run(args...);
     }
-    last_tile<kTile - 1, Tile>(full, part, args...);
-  } else if (part) {
-    Tile<0, true>::run(args...);
+    return last_tile<kTile - 1, Tile>(full, part, args...);
+  } else {
+    return part ? Tile<0, true>::run(args...) : true;
   }
 }
 
@@ -355,9 +376,9 @@ template <typename scalar_t, typename index_t>
 struct SumTiles {
   template <int NV, bool Part>
   struct Tile {
-    static MYBAG_AVX2_INLINE void run(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
+    static MYBAG_AVX2_INLINE bool run(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
                                       bool mean, scalar_t* out) {
-      sum_tile<NV, Part>(r, col, part, mean, out);
+      return sum_tile<NV, Part>(r, col, part, mean, out);
     }
   };
 };
@@ -366,57 +387,100 @@ template <typename scalar_t, typename index_t>
 struct MaxTiles {
   template <int NV, bool Part>
   struct Tile {
-    static MYBAG_AVX2_INLINE void run(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
+    static MYBAG_AVX2_INLINE bool run(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
                                       scalar_t* out, int64_t* out_winner) {
-      max_tile<NV, Part>(r, col, part, out, out_winner);
+      return max_tile<NV, Part>(r, col, part, out, out_winner);
     }
   };
 };
 
 template <typename scalar_t, typename index_t>
-MYBAG_AVX2 void sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+MYBAG_AVX2 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
                          int64_t last) {
   constexpr int W = Lanes<scalar_t>::kWidth;
-  const int64_t row_bytes = a.dim * static_cast<int64_t>(sizeof(scalar_t));
-  const int64_t distance = prefetch_distance(row_bytes);
+  const int64_t distance = prefetch_distance(a.dim * static_cast<int64_t>(sizeof(scalar_t)));
   const int64_t full = a.dim / W;
   const int part = static_cast<int>(a.dim % W);
   for (int64_t bag = first; bag < last; ++bag) {
-    BagRange<scalar_t, index_t> r{a, a.layout.begin(bag), a.layout.end(bag), a.layout.num_indices,
-                                  distance, row_bytes};
+    const auto r = bag_range(a, bag, distance);
     scalar_t* out = a.output + bag * a.dim;
     int64_t done = 0;  // full vectors
     while (full - done > kSumTile || (full - done == kSumTile && part == 0)) {
-      sum_tile<kSumTile, false>(r, done * W, 0, mean, out);
-      r.distance = 0;
+      if (!sum_tile<kSumTile, false>(r, done * W, 0, mean, out)) return false;
       done += kSumTile;
     }
-    last_tile<kSumTile, SumTiles<scalar_t, index_t>::template Tile>(
-        static_cast<int>(full - done), part != 0, r, done * W, part, mean, out);
+    if (!last_tile<kSumTile, SumTiles<scalar_t, index_t>::template Tile>(
+            static_cast<int>(full - done), part != 0, r, done * W, part, mean, out)) {
+      return false;
+    }
   }
+  return true;
 }
 
 template <typename scalar_t, typename index_t>
-MYBAG_AVX2 void max_bags(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t last) {
+MYBAG_AVX2 bool max_bags(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t last) {
   constexpr int W = Lanes<scalar_t>::kWidth;
-  const int64_t row_bytes = a.dim * static_cast<int64_t>(sizeof(scalar_t));
-  const int64_t distance = prefetch_distance(row_bytes);
+  const int64_t distance = prefetch_distance(a.dim * static_cast<int64_t>(sizeof(scalar_t)));
   const int64_t full = a.dim / W;
   const int part = static_cast<int>(a.dim % W);
   for (int64_t bag = first; bag < last; ++bag) {
-    BagRange<scalar_t, index_t> r{a, a.layout.begin(bag), a.layout.end(bag), a.layout.num_indices,
-                                  distance, row_bytes};
+    const auto r = bag_range(a, bag, distance);
     scalar_t* out = a.output + bag * a.dim;
     int64_t* out_winner = a.max_indices + bag * a.dim;
     int64_t done = 0;
     while (full - done > kMaxTile || (full - done == kMaxTile && part == 0)) {
-      max_tile<kMaxTile, false>(r, done * W, 0, out, out_winner);
-      r.distance = 0;
+      if (!max_tile<kMaxTile, false>(r, done * W, 0, out, out_winner)) return false;
       done += kMaxTile;
     }
-    last_tile<kMaxTile, MaxTiles<scalar_t, index_t>::template Tile>(
-        static_cast<int>(full - done), part != 0, r, done * W, part, out, out_winner);
+    if (!last_tile<kMaxTile, MaxTiles<scalar_t, index_t>::template Tile>(
+            static_cast<int>(full - done), part != 0, r, done * W, part, out, out_winner)) {
+      return false;
+    }
   }
+  return true;
+}
+
+// Out-of-range indices, counted 4 (int64) or 8 (int32) at a time: below 0 or above max.
+MYBAG_AVX2 int64_t count_out_of_range(const int64_t* indices, int64_t n, int64_t num_weights) {
+  const __m256i max = _mm256_set1_epi64x(num_weights - 1);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i bad = zero;  // -1 per bad lane, summed
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + i));
+    const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi64(v, max), _mm256_cmpgt_epi64(zero, v));
+    bad = _mm256_sub_epi64(bad, out);
+  }
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bad);
+  int64_t count = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  for (; i < n; ++i) count += indices[i] < 0 || indices[i] >= num_weights;
+  return count;
+}
+
+MYBAG_AVX2 int64_t count_out_of_range(const int32_t* indices, int64_t n, int64_t num_weights) {
+  if (num_weights > std::numeric_limits<int32_t>::max()) {  // only negatives are out of range
+    num_weights = int64_t{std::numeric_limits<int32_t>::max()} + 1;
+  }
+  const __m256i max = _mm256_set1_epi32(static_cast<int32_t>(num_weights - 1));
+  const __m256i zero = _mm256_setzero_si256();
+  int64_t count = 0;
+  int64_t i = 0;
+  while (i + 8 <= n) {
+    // Per-lane int32 counters, emptied before they could overflow.
+    __m256i bad = zero;
+    const int64_t stop = std::min<int64_t>(n - 7, i + (int64_t{1} << 30));
+    for (; i < stop; i += 8) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + i));
+      const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(v, max), _mm256_cmpgt_epi32(zero, v));
+      bad = _mm256_sub_epi32(bad, out);
+    }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bad);
+    for (int j = 0; j < 8; ++j) count += lanes[j];
+  }
+  for (; i < n; ++i) count += indices[i] < 0 || indices[i] >= num_weights;
+  return count;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -434,23 +498,26 @@ MYBAG_AVX2 void scale_row(scalar_t* out, const scalar_t* in, acc_t scale, int64_
 
 }  // namespace
 
+bool avx2_forward_applies(int64_t col_stride, int64_t num_indices, bool max_mode) {
+  // Max mode keeps a winner's position in its bag in an int32 lane for float-wide types.
+  return use_avx2() && col_stride == 1 &&
+         (!max_mode || num_indices <= std::numeric_limits<int32_t>::max());
+}
+
 template <typename scalar_t, typename index_t>
 bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
                    int64_t last) {
-  if (!use_avx2() || a.col_stride != 1) return false;
-  sum_bags(a, mean, first, last);
-  return true;
+  return sum_bags(a, mean, first, last);
 }
 
 template <typename scalar_t, typename index_t>
 bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t last) {
-  // A winner's position in its bag is kept in an int32 lane for float-wide types.
-  if (!use_avx2() || a.col_stride != 1 ||
-      a.layout.num_indices > std::numeric_limits<int32_t>::max()) {
-    return false;
-  }
-  max_bags(a, first, last);
-  return true;
+  return max_bags(a, first, last);
+}
+
+template <typename index_t>
+int64_t count_out_of_range_avx2(const index_t* indices, int64_t n, int64_t num_weights) {
+  return use_avx2() ? count_out_of_range(indices, n, num_weights) : -1;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -462,14 +529,21 @@ bool scale_row_avx2(scalar_t* out, const scalar_t* in, acc_t scale, int64_t dim)
 
 #else  // no AVX2 kernels on this architecture
 
+bool avx2_forward_applies(int64_t, int64_t, bool) { return false; }
+
 template <typename scalar_t, typename index_t>
 bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>&, bool, int64_t, int64_t) {
-  return false;
+  TORCH_INTERNAL_ASSERT(false, "mybag: no AVX2 kernels in this build");
 }
 
 template <typename scalar_t, typename index_t>
 bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>&, int64_t, int64_t) {
-  return false;
+  TORCH_INTERNAL_ASSERT(false, "mybag: no AVX2 kernels in this build");
+}
+
+template <typename index_t>
+int64_t count_out_of_range_avx2(const index_t*, int64_t, int64_t) {
+  return -1;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -487,6 +561,8 @@ bool scale_row_avx2(scalar_t*, const scalar_t*, acc_t, int64_t) {
   MYBAG_INSTANTIATE_FORWARD(scalar_t, int64_t)                                        \
   template bool scale_row_avx2(scalar_t*, const scalar_t*, acc_t, int64_t);
 
+template int64_t count_out_of_range_avx2(const int32_t*, int64_t, int64_t);
+template int64_t count_out_of_range_avx2(const int64_t*, int64_t, int64_t);
 MYBAG_INSTANTIATE(float, float)
 MYBAG_INSTANTIATE(double, double)
 MYBAG_INSTANTIATE(c10::Half, float)
