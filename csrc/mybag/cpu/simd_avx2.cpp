@@ -1,12 +1,12 @@
-// AVX2 (and F16C) kernels (see simd.h). Only the functions marked MYBAG_AVX2 are compiled for AVX2; the
-// file as a whole, and every header it includes, stays baseline, so no AVX2 code can leak into a
-// shared inline function.
+// AVX2 (and F16C) kernels (see simd.h). Only the functions marked MYBAG_AVX2(_INLINE) are
+// compiled for AVX2; the file as a whole, and every header it includes, stays baseline, so no
+// AVX2 code can leak into a shared inline function.
 //
 // Forward design: a bag's accumulator stays in registers. The columns are cut into tiles of up
 // to kSumTile vectors (64 floats, 32 doubles); each tile walks the bag's entries once, adding
 // rows straight from the table, and is stored once at the end, converted to weight's dtype. The
-// last tile carries the row's remainder (dim % lanes) as one partial vector. The first tile
-// prefetches the whole row a few entries ahead; later tiles find the bag's rows in cache.
+// last tile carries the row's remainder (dim % lanes) as one partial vector. Each tile
+// prefetches its own columns of the row a few entries ahead, and checks each index it reads.
 #include "mybag/cpu/simd.h"
 
 #include <c10/util/Exception.h>
@@ -76,7 +76,8 @@ struct FloatLanes {
   static MYBAG_AVX2_INLINE vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
   // Lanes where max mode's scalar rule `!isnan(best) && (v > best || isnan(v))` holds.
   static MYBAG_AVX2_INLINE vec takes(vec v, vec best) {
-    const vec better = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    const vec better =
+        _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     return _mm256_andnot_ps(_mm256_cmp_ps(best, best, _CMP_UNORD_Q), better);
   }
   static MYBAG_AVX2_INLINE vec blend(vec old_value, vec new_value, vec mask) {
@@ -173,7 +174,8 @@ struct Lanes<double> {
   static MYBAG_AVX2_INLINE vec mul(vec a, vec b) { return _mm256_mul_pd(a, b); }
   static MYBAG_AVX2_INLINE vec div(vec a, vec b) { return _mm256_div_pd(a, b); }
   static MYBAG_AVX2_INLINE vec takes(vec v, vec best) {
-    const vec better = _mm256_or_pd(_mm256_cmp_pd(v, best, _CMP_GT_OQ), _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+    const vec better =
+        _mm256_or_pd(_mm256_cmp_pd(v, best, _CMP_GT_OQ), _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
     return _mm256_andnot_pd(_mm256_cmp_pd(best, best, _CMP_UNORD_Q), better);
   }
   static MYBAG_AVX2_INLINE vec blend(vec old_value, vec new_value, vec mask) {
@@ -258,8 +260,8 @@ MYBAG_AVX2_INLINE BagRange<scalar_t, index_t> bag_range(const ForwardArgs<scalar
 // One column tile of one bag in sum/mean mode: NV full vectors from column `col`, plus a partial
 // vector of `part` columns when Part.
 template <int NV, bool Part, typename scalar_t, typename index_t>
-MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int part, bool mean,
-                         scalar_t* out) {
+MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
+                                bool mean, scalar_t* out) {
   using L = Lanes<scalar_t>;
   using vec = typename L::vec;
   using acc_t = typename L::acc_t;
@@ -305,7 +307,7 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t co
 // One column tile of one bag in max mode; the rule of max_reduce in forward.cpp, lane by lane.
 template <int NV, bool Part, typename scalar_t, typename index_t>
 MYBAG_AVX2_INLINE bool max_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
-                         scalar_t* out, int64_t* out_winner) {
+                                scalar_t* out, int64_t* out_winner) {
   using L = Lanes<scalar_t>;
   using vec = typename L::vec;
   using pos_vec = typename L::pos_vec;
@@ -349,7 +351,8 @@ MYBAG_AVX2_INLINE bool max_tile(const BagRange<scalar_t, index_t>& r, int64_t co
     const pos_vec here = L::set1_pos(i - r.begin);
 #pragma GCC unroll 16
     for (int k = 0; k < kAcc; ++k) {
-      const vec v = (Part && k == NV) ? L::load_part(values + k * W, part) : L::load(values + k * W);
+      const vec v =
+          (Part && k == NV) ? L::load_part(values + k * W, part) : L::load(values + k * W);
       const vec mask = L::takes(v, best[k]);
       best[k] = L::blend(best[k], v, mask);
       pos[k] = L::blend_pos(pos[k], here, mask);
