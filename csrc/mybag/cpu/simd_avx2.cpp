@@ -131,18 +131,40 @@ struct Lanes<c10::BFloat16> : SixteenBitLanes<c10::BFloat16, Lanes<c10::BFloat16
   static MYBAG_AVX2_INLINE vec load(const c10::BFloat16* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits(p)), 16));
   }
-  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, lane by lane.
-  static MYBAG_AVX2_INLINE void store(c10::BFloat16* p, vec v) {
+  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, lane by lane (the bits
+  // in the low half of each 32-bit lane).
+  static MYBAG_AVX2_INLINE __m256i round_bits(vec v) {
     const __m256i u = _mm256_castps_si256(v);
     const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i rounded = _mm256_srli_epi32(
+    const __m256i rounded = _mm256_srli_epi32(
         _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+    return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+  }
+  static MYBAG_AVX2_INLINE void store(c10::BFloat16* p, vec v) {
+    const __m256i rounded = round_bits(v);
     // Every lane is below 2^16 now: the saturating pack is exact.
     const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(rounded),
                                             _mm256_extracti128_si256(rounded, 1));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+  }
+  // 16 bfloat16 as two float vectors from one load: the even elements (low halves of the 32-bit
+  // lanes, shifted up) and the odd ones (high halves, masked). Half the loads and conversions of
+  // load() twice; sum_tile keeps such a pair of accumulators in that order.
+  static MYBAG_AVX2_INLINE __m256i pair_bits(const c10::BFloat16* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static MYBAG_AVX2_INLINE vec even(__m256i bits) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+  }
+  static MYBAG_AVX2_INLINE vec odd(__m256i bits) {
+    const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+    return _mm256_castsi256_ps(_mm256_and_si256(bits, high));
+  }
+  static MYBAG_AVX2_INLINE void store_pair(c10::BFloat16* p, vec even_values, vec odd_values) {
+    const __m256i bits = _mm256_or_si256(round_bits(even_values),
+                                         _mm256_slli_epi32(round_bits(odd_values), 16));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bits);
   }
 };
 
@@ -268,6 +290,8 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t co
   constexpr int W = L::kWidth;
   constexpr int kAcc = NV + (Part ? 1 : 0);
   constexpr int kTileBytes = kAcc * W * static_cast<int>(sizeof(scalar_t));
+  // bfloat16 columns in pairs of vectors (even and odd elements of 16), see Lanes.
+  constexpr bool kPairs = std::is_same_v<scalar_t, c10::BFloat16>;
   vec acc[kAcc];
 #pragma GCC unroll 16
   for (int k = 0; k < kAcc; ++k) acc[k] = L::zero();
@@ -282,14 +306,40 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t co
     const scalar_t* values = base + row * r.row_stride;
     if (r.per_sample_weights != nullptr) {
       const vec scale = L::set1(static_cast<acc_t>(r.per_sample_weights[i]));
+      if constexpr (kPairs) {
 #pragma GCC unroll 16
-      for (int k = 0; k < NV; ++k) acc[k] = L::add(acc[k], L::mul(scale, L::load(values + k * W)));
+        for (int k = 0; k + 1 < NV; k += 2) {
+          const __m256i bits = L::pair_bits(values + k * W);
+          acc[k] = L::add(acc[k], L::mul(scale, L::even(bits)));
+          acc[k + 1] = L::add(acc[k + 1], L::mul(scale, L::odd(bits)));
+        }
+        if constexpr (NV % 2 == 1) {
+          acc[NV - 1] = L::add(acc[NV - 1], L::mul(scale, L::load(values + (NV - 1) * W)));
+        }
+      } else {
+#pragma GCC unroll 16
+        for (int k = 0; k < NV; ++k) {
+          acc[k] = L::add(acc[k], L::mul(scale, L::load(values + k * W)));
+        }
+      }
       if constexpr (Part) {
         acc[NV] = L::add(acc[NV], L::mul(scale, L::load_part(values + NV * W, part)));
       }
     } else {
+      if constexpr (kPairs) {
 #pragma GCC unroll 16
-      for (int k = 0; k < NV; ++k) acc[k] = L::add(acc[k], L::load(values + k * W));
+        for (int k = 0; k + 1 < NV; k += 2) {
+          const __m256i bits = L::pair_bits(values + k * W);
+          acc[k] = L::add(acc[k], L::even(bits));
+          acc[k + 1] = L::add(acc[k + 1], L::odd(bits));
+        }
+        if constexpr (NV % 2 == 1) {
+          acc[NV - 1] = L::add(acc[NV - 1], L::load(values + (NV - 1) * W));
+        }
+      } else {
+#pragma GCC unroll 16
+        for (int k = 0; k < NV; ++k) acc[k] = L::add(acc[k], L::load(values + k * W));
+      }
       if constexpr (Part) acc[NV] = L::add(acc[NV], L::load_part(values + NV * W, part));
     }
   }
@@ -298,8 +348,14 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t co
 #pragma GCC unroll 16
     for (int k = 0; k < kAcc; ++k) acc[k] = L::div(acc[k], divisor);
   }
+  if constexpr (kPairs) {
 #pragma GCC unroll 16
-  for (int k = 0; k < NV; ++k) L::store(out + col + k * W, acc[k]);
+    for (int k = 0; k + 1 < NV; k += 2) L::store_pair(out + col + k * W, acc[k], acc[k + 1]);
+    if constexpr (NV % 2 == 1) L::store(out + col + (NV - 1) * W, acc[NV - 1]);
+  } else {
+#pragma GCC unroll 16
+    for (int k = 0; k < NV; ++k) L::store(out + col + k * W, acc[k]);
+  }
   if constexpr (Part) L::store_part(out + col + NV * W, part, acc[NV]);
   return true;
 }
