@@ -20,6 +20,7 @@
 #include "mybag/cpu/layout.h"
 #include "mybag/cpu/value_checks.h"
 #include "mybag/cpu/rows.h"
+#include "mybag/cpu/simd.h"
 
 namespace mybag::cpu {
 namespace {
@@ -236,14 +237,19 @@ void fill_per_entry_grad(const BackwardInputs& in, bool mean, bool scale_grad_by
   const scalar_t* grad = in.grad.const_data_ptr<scalar_t>();
   scalar_t* out = values.mutable_data_ptr<scalar_t>();
   const int64_t dim = in.dim;
+  const bool simd = use_avx2();
   at::parallel_for(0, layout.num_bags, bag_grain_size(layout.num_indices, layout.num_bags, dim),
                    [&](int64_t first, int64_t last) {
     for (int64_t bag = first; bag < last; ++bag) {
       for (int64_t i = layout.begin(bag); i < layout.end(bag); ++i) {
-        if (indices[i] == in.padding_row) continue;
+        scalar_t* v = out + i * dim;
+        if (indices[i] == in.padding_row) {
+          std::fill(v, v + dim, scalar_t(0));
+          continue;
+        }
         const acc_t scale = entry_scale(i, bag, scale_grad_by_freq ? frequency[i] : 0);
         const scalar_t* g = grad + bag * dim;
-        scalar_t* v = out + i * dim;
+        if (simd && scale_row_avx2(v, g, scale, dim)) continue;
         for (int64_t d = 0; d < dim; ++d) {
           v[d] = static_cast<scalar_t>(scale * static_cast<acc_t>(g[d]));
         }
@@ -263,10 +269,12 @@ at::Tensor per_entry_grad(const at::Tensor& grad, const at::Tensor& input,
   const int64_t num_weights = num_weights_sym.expect_int();
   auto in = prepare(grad, input, offsets, per_sample_weights, mode, padding_idx,
                     include_last_offset, num_weights);
-  auto values = at::zeros({input.numel(), in.dim}, grad.options());
   if (in.num_bags == 0 || in.dim == 0) {
-    return values;
+    return at::zeros({input.numel(), in.dim}, grad.options());
   }
+  // Every entry lies in a bag once there is one (offsets start at 0, the last bag ends at N), so
+  // the kernel writes every row, padding rows as zeros: no zero-fill first.
+  auto values = at::empty({input.numel(), in.dim}, grad.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "mybag_embedding_bag_per_entry_grad_cpu", [&] {
     AT_DISPATCH_INDEX_TYPES(in.input.scalar_type(), "mybag_embedding_bag_per_entry_grad_cpu", [&] {

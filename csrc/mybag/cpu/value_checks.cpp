@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include "mybag/checks.h"
+#include "mybag/cpu/simd.h"
 
 namespace mybag::cpu {
 
@@ -16,6 +17,8 @@ void check_indices(const index_t* indices, int64_t n, int64_t num_weights) {
   const int64_t bad = at::parallel_reduce(
       0, n, int64_t{1} << 15, int64_t{0},
       [&](int64_t first, int64_t last, int64_t count) {
+        const int64_t simd = count_out_of_range_avx2(indices + first, last - first, num_weights);
+        if (simd >= 0) return count + simd;
         for (int64_t i = first; i < last; ++i) {
           count += indices[i] < 0 || indices[i] >= num_weights;
         }
@@ -55,6 +58,15 @@ void check_offsets(const index_t* offsets, int64_t count, int64_t num_indices) {
 
 }  // namespace
 
+void check_offset_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets) {
+  if (input.dim() == 1 && offsets.has_value()) {
+    const auto flat_offsets = offsets->contiguous();
+    AT_DISPATCH_INDEX_TYPES(flat_offsets.scalar_type(), "mybag_check_offsets", [&] {
+      check_offsets(flat_offsets.const_data_ptr<index_t>(), flat_offsets.numel(), input.numel());
+    });
+  }
+}
+
 // With include_last_offset the final offset is checked like the others, though no bag reads it.
 void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
                         int64_t num_weights, bool /*include_last_offset*/) {
@@ -62,12 +74,7 @@ void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>
   AT_DISPATCH_INDEX_TYPES(flat_input.scalar_type(), "mybag_check_indices", [&] {
     check_indices(flat_input.const_data_ptr<index_t>(), flat_input.numel(), num_weights);
   });
-  if (input.dim() == 1 && offsets.has_value()) {
-    const auto flat_offsets = offsets->contiguous();
-    AT_DISPATCH_INDEX_TYPES(flat_offsets.scalar_type(), "mybag_check_offsets", [&] {
-      check_offsets(flat_offsets.const_data_ptr<index_t>(), flat_offsets.numel(), input.numel());
-    });
-  }
+  check_offset_values(input, offsets);
 }
 
 }  // namespace mybag::cpu

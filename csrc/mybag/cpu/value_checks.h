@@ -12,4 +12,7 @@ namespace mybag::cpu {
 void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
                         int64_t num_weights, bool include_last_offset);
 
+// The offsets part alone, for kernels that check each index as they read it.
+void check_offset_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets);
+
 }  // namespace mybag::cpu

@@ -1,0 +1,49 @@
+// Run-time dispatched SIMD kernels for the CPU forward and backward.
+//
+// The library is compiled for baseline x86-64 (SSE2), so that it loads on any x86-64 CPU: the AVX2
+// kernels live in simd_avx2.cpp as functions compiled for AVX2 and F16C through GCC's target
+// attribute, and run only when the CPU (and the OS) support them, which is checked once per
+// process. Callers ask first whether a kernel applies (not on another CPU or architecture, nor
+// for strided rows), and run their portable loops otherwise.
+//
+// The kernels add in the same order as the portable loops (entry order, per feature) with the
+// same operations (multiply, then add: no FMA), so both give the same bits.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "mybag/cpu/forward_args.h"
+
+namespace mybag::cpu {
+
+// Whether the AVX2 kernels run on this CPU. MYBAG_CPU_SIMD=0 in the environment turns them off
+// (to compare with the portable loops, or to rule them out).
+bool use_avx2();
+
+// Whether the forward kernels below apply: AVX2 on this CPU and contiguous rows (and, in max
+// mode, bags short enough for an int32 position).
+bool avx2_forward_applies(int64_t col_stride, int64_t num_indices, bool max_mode);
+
+// Reduce bags [first, last) into a.output (and a.max_indices in max mode), as sum_or_mean and
+// max_reduce in forward.cpp do, checking every index on the way (the caller has checked only the
+// offsets). Return false as soon as an index is out of range (having read nothing through it):
+// the caller then runs the full check, which names the first bad entry.
+template <typename scalar_t, typename index_t>
+bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+                   int64_t last);
+template <typename scalar_t, typename index_t>
+bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t last);
+
+// Number of indices outside [0, num_weights), or -1 when there is no AVX2 on this CPU.
+template <typename index_t>
+int64_t count_out_of_range_avx2(const index_t* indices, int64_t n, int64_t num_weights);
+
+// out[d] = scalar_t(scale * acc_t(in[d])) for d < dim, both rows contiguous; false (having
+// done nothing) without AVX2.
+template <typename scalar_t, typename acc_t>
+bool scale_row_avx2(scalar_t* out, const scalar_t* in, acc_t scale, int64_t dim);
+
+}  // namespace mybag::cpu
