@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "mybag/checks.h"
+#include "mybag/kernel_inputs.h"
+#include "mybag/reductions.h"
 #include "mybag/cpu/layout.h"
 #include "mybag/cpu/value_checks.h"
 #include "mybag/cpu/rows.h"
@@ -48,53 +50,22 @@ RowGroups group_by_row(const at::Tensor& input) {
   return groups;
 }
 
-// What entry i of bag `bag` contributes per unit of the bag's gradient: its per-sample weight,
-// over the bag's non-padding count in mean mode, over its row's frequency with
-// scale_grad_by_freq. The dense and the sparse gradient both use it.
-template <typename acc_t, typename scalar_t>
-struct EntryScale {
-  const scalar_t* per_sample_weights;  // nullptr when absent
-  const int64_t* bag_counts;           // non-padding counts in mean mode, else nullptr
-
-  acc_t operator()(int64_t entry, int64_t bag, int64_t row_frequency) const {
-    acc_t scale = per_sample_weights ? static_cast<acc_t>(per_sample_weights[entry]) : acc_t(1);
-    if (bag_counts) scale /= static_cast<acc_t>(bag_counts[bag]);
-    if (row_frequency > 0) scale /= static_cast<acc_t>(row_frequency);
-    return scale;
-  }
-};
-
-struct BackwardInputs {
-  at::Tensor input;  // contiguous
-  std::optional<at::Tensor> offsets;
-  at::Tensor per_sample_weights;  // contiguous, or undefined
-  at::Tensor grad;                // contiguous (num_bags, dim)
-  int64_t padding_row;
-  bool include_last_offset;
-  int64_t num_bags;
-  int64_t dim;
+// A weight-gradient op's checked, contiguous arguments (mybag/kernel_inputs.h), grad made
+// contiguous, and the index values checked.
+struct BackwardInputs : KernelInputs {
+  at::Tensor grad;  // contiguous (num_bags, dim)
 };
 
 BackwardInputs prepare(const at::Tensor& grad, const at::Tensor& input,
                        const std::optional<at::Tensor>& offsets,
-                       const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                       const std::optional<at::Tensor>& per_sample_weights, int64_t mode_value,
                        std::optional<int64_t> padding_idx, bool include_last_offset,
                        int64_t num_weights) {
-  check_weight_grad_args(grad, input, offsets, per_sample_weights, mode, padding_idx,
-                         include_last_offset, c10::SymInt(num_weights));
-  const auto bags = num_bags(input, offsets, include_last_offset);
   BackwardInputs in;
-  in.padding_row = normalize_padding_idx(padding_idx, num_weights);
-  check_index_values(input, offsets, num_weights, include_last_offset);
-  in.input = input.contiguous();
-  if (offsets.has_value()) in.offsets = offsets->contiguous();
-  if (per_sample_weights.has_value() && per_sample_weights->defined()) {
-    in.per_sample_weights = per_sample_weights->contiguous();
-  }
-  in.grad = grad.contiguous();
-  in.include_last_offset = include_last_offset;
-  in.num_bags = bags.expect_int();
-  in.dim = grad.size(1);
+  static_cast<KernelInputs&>(in) =
+      prepare_weight_grad(grad, in.grad, input, offsets, per_sample_weights, mode_value,
+                          padding_idx, include_last_offset, num_weights);
+  check_index_values(in.input, in.offsets, num_weights, include_last_offset);
   return in;
 }
 
@@ -186,10 +157,10 @@ at::Tensor dense_backward(const at::Tensor& grad, const at::Tensor& input,
                           const at::Tensor& max_indices, c10::SymInt num_weights_sym,
                           int64_t mode_value, std::optional<int64_t> padding_idx,
                           bool include_last_offset, bool scale_grad_by_freq) {
-  const Mode mode = mode_from_int(mode_value);
   const int64_t num_weights = num_weights_sym.expect_int();
-  auto in = prepare(grad, input, offsets, per_sample_weights, mode, padding_idx,
-                    include_last_offset, num_weights);
+  const auto in = prepare(grad, input, offsets, per_sample_weights, mode_value, padding_idx,
+                          include_last_offset, num_weights);
+  const Mode mode = in.mode;
   auto grad_weight = at::zeros({num_weights, in.dim}, grad.options());
   if (in.num_bags == 0 || in.dim == 0 || num_weights == 0) {
     return grad_weight;
@@ -264,11 +235,11 @@ at::Tensor per_entry_grad(const at::Tensor& grad, const at::Tensor& input,
                           c10::SymInt num_weights_sym, int64_t mode_value,
                           std::optional<int64_t> padding_idx, bool include_last_offset,
                           bool scale_grad_by_freq) {
-  const Mode mode = mode_from_int(mode_value);
-  check_per_entry_grad_mode(mode);
+  check_per_entry_grad_mode(mode_from_int(mode_value));
   const int64_t num_weights = num_weights_sym.expect_int();
-  auto in = prepare(grad, input, offsets, per_sample_weights, mode, padding_idx,
-                    include_last_offset, num_weights);
+  const auto in = prepare(grad, input, offsets, per_sample_weights, mode_value, padding_idx,
+                          include_last_offset, num_weights);
+  const Mode mode = in.mode;
   if (in.num_bags == 0 || in.dim == 0) {
     return at::zeros({input.numel(), in.dim}, grad.options());
   }
@@ -289,24 +260,18 @@ at::Tensor per_sample_weights_backward(const at::Tensor& grad, const at::Tensor&
                                        const std::optional<at::Tensor>& offsets,
                                        int64_t mode_value, std::optional<int64_t> padding_idx,
                                        bool include_last_offset) {
-  const Mode mode = mode_from_int(mode_value);
-  check_per_sample_weights_grad_args(grad, weight, input, offsets, mode, padding_idx,
-                                     include_last_offset);
-  const auto bags = num_bags(input, offsets, include_last_offset);
-  const int64_t num_weights = weight.size(0);
-  const int64_t padding_row = normalize_padding_idx(padding_idx, num_weights);
-  check_index_values(input, offsets, num_weights, include_last_offset);
-
+  at::Tensor flat_grad;
+  const auto in = prepare_per_sample_weights_grad(grad, flat_grad, weight, input, offsets,
+                                                  mode_value, padding_idx, include_last_offset);
+  check_index_values(in.input, in.offsets, in.num_weights, include_last_offset);
   auto result = at::zeros(input.sizes(), grad.options());
-  const int64_t num_bags_value = bags.expect_int();
-  const int64_t dim = weight.size(1);
-  if (num_bags_value == 0 || input.numel() == 0) {
+  const int64_t dim = in.dim;
+  const int64_t padding_row = in.padding_row;
+  if (in.num_bags == 0 || input.numel() == 0) {
     return result;
   }
-  const auto flat_input = input.contiguous();
-  const auto flat_offsets =
-      offsets.has_value() ? std::optional(offsets->contiguous()) : std::nullopt;
-  const auto flat_grad = grad.contiguous();
+  const auto& flat_input = in.input;
+  const auto& flat_offsets = in.offsets;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
                                   "mybag_embedding_bag_psw_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

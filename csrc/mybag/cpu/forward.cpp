@@ -3,15 +3,15 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <vector>
 
 #include "mybag/checks.h"
+#include "mybag/kernel_inputs.h"
+#include "mybag/reductions.h"
 #include "mybag/cpu/forward_args.h"
 #include "mybag/cpu/layout.h"
 #include "mybag/cpu/simd.h"
@@ -29,7 +29,7 @@ void sum_or_mean(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t fir
     std::fill(acc.begin(), acc.end(), acc_t(0));
     int64_t count = 0;
     for (int64_t i = a.layout.begin(bag); i < a.layout.end(bag); ++i) {
-      a.prefetch_ahead(i);
+      prefetch_ahead(a, i);
       const int64_t row = a.indices[i];
       if (row == a.padding_idx) continue;
       ++count;
@@ -52,15 +52,13 @@ void max_reduce(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t 
   for (int64_t bag = first; bag < last; ++bag) {
     int64_t count = 0;
     for (int64_t i = a.layout.begin(bag); i < a.layout.end(bag); ++i) {
-      a.prefetch_ahead(i);
+      prefetch_ahead(a, i);
       const int64_t row = a.indices[i];
       if (row == a.padding_idx) continue;
       const scalar_t* values = a.weight + row * a.row_stride;
       for (int64_t d = 0; d < a.dim; ++d) {
         const acc_t v = static_cast<acc_t>(values[d * a.col_stride]);
-        // Strictly greater keeps the first of equal values; a NaN wins and then stays, wherever
-        // it stands in the bag (torch keeps it only when it comes first).
-        if (count == 0 || (!std::isnan(best[d]) && (v > best[d] || std::isnan(v)))) {
+        if (max_replaces(best[d], v, count == 0)) {
           best[d] = v;
           winner[d] = row;
         }
@@ -86,13 +84,12 @@ std::tuple<at::Tensor, at::Tensor> forward(
     bool include_last_offset,
     bool /*scale_grad_by_freq*/,
     bool /*sparse*/) {
-  const Mode mode = mode_from_int(mode_value);
-  check_forward_args(weight, input, offsets, per_sample_weights, mode, padding_idx,
-                     include_last_offset);
-  const int64_t num_weights = weight.size(0);
-  const int64_t dim = weight.size(1);
-  const int64_t padding_row = normalize_padding_idx(padding_idx, num_weights);
-  const int64_t bags = num_bags(input, offsets, include_last_offset).expect_int();
+  const auto in = prepare_forward(weight, input, offsets, per_sample_weights, mode_value,
+                                  padding_idx, include_last_offset);
+  const Mode mode = in.mode;
+  const int64_t num_weights = in.num_weights;
+  const int64_t dim = in.dim;
+  const int64_t bags = in.num_bags;
   // The SIMD kernels check each index as they read it (a separate pass cost a fifth of a
   // small-row forward); the portable loops, and calls that read no row, check them all first.
   const bool simd = bags > 0 && dim > 0 &&
@@ -102,18 +99,12 @@ std::tuple<at::Tensor, at::Tensor> forward(
   } else {
     check_index_values(input, offsets, num_weights, include_last_offset);
   }
-  auto output = at::empty({bags, dim}, weight.options());
-  auto max_indices = at::empty({mode == Mode::Max ? bags : 0, mode == Mode::Max ? dim : 0},
-                               weight.options().dtype(at::kLong));
+  auto [output, max_indices] = allocate_forward_outputs(in, weight);
   if (bags == 0 || dim == 0) {
     return {output, max_indices};
   }
-
-  const auto flat_input = input.contiguous();
-  const auto flat_offsets = offsets.has_value() ? std::optional(offsets->contiguous()) : std::nullopt;
-  const auto psw = per_sample_weights.has_value() && per_sample_weights->defined()
-                       ? per_sample_weights->contiguous()
-                       : at::Tensor();
+  const auto& flat_input = in.input;
+  const auto& psw = in.per_sample_weights;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
                                   "mybag_embedding_bag_forward_cpu", [&] {
@@ -124,9 +115,9 @@ std::tuple<at::Tensor, at::Tensor> forward(
           weight.stride(1),
           dim,
           flat_input.const_data_ptr<index_t>(),
-          make_layout<index_t>(flat_input, flat_offsets, include_last_offset),
+          make_layout<index_t>(flat_input, in.offsets, include_last_offset),
           psw.defined() ? psw.const_data_ptr<scalar_t>() : nullptr,
-          padding_row,
+          in.padding_row,
           output.mutable_data_ptr<scalar_t>(),
           mode == Mode::Max ? max_indices.mutable_data_ptr<int64_t>() : nullptr,
           num_weights,

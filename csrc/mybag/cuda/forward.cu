@@ -8,6 +8,7 @@
 
 #include "mybag/cuda/launch.cuh"
 #include "mybag/cuda/value_checks.cuh"
+#include "mybag/forward_args.h"
 #include "mybag/kernel_inputs.h"
 #include "mybag/reductions.h"
 #include "mybag/tensor_layout.h"
@@ -16,26 +17,7 @@ namespace mybag::cuda {
 namespace {
 
 template <typename scalar_t, typename index_t>
-struct ForwardParams {
-  const scalar_t* weight;
-  int64_t row_stride;
-  int64_t col_stride;
-  int64_t num_weights;
-  int64_t dim;
-  const index_t* indices;
-  BagLayout<index_t> layout;
-  const scalar_t* per_sample_weights;  // nullptr when absent
-  int64_t padding_row;                 // -1 when absent
-  scalar_t* output;                    // (num_bags, dim)
-  int64_t* max_indices;                // (num_bags, dim) in max mode, else nullptr
-
-  __device__ scalar_t value(int64_t row, int64_t d) const {
-    return weight[row * row_stride + d * col_stride];
-  }
-};
-
-template <typename scalar_t, typename index_t>
-__global__ void sum_mean_kernel(ForwardParams<scalar_t, index_t> p, bool mean) {
+__global__ void sum_mean_kernel(ForwardArgs<scalar_t, index_t> p, bool mean) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t bag = warp_item(); bag < p.layout.num_bags; bag += warp_stride()) {
     const int64_t begin = p.layout.bounded_begin(bag);
@@ -47,7 +29,7 @@ __global__ void sum_mean_kernel(ForwardParams<scalar_t, index_t> p, bool mean) {
       int64_t count = 0;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t row = p.indices[i];
-        if (!row_used(row, p.num_weights, p.padding_row)) continue;
+        if (!row_used(row, p.num_weights, p.padding_idx)) continue;
         ++count;
         if (active) {
           const acc_t scale =
@@ -64,7 +46,7 @@ __global__ void sum_mean_kernel(ForwardParams<scalar_t, index_t> p, bool mean) {
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void max_kernel(ForwardParams<scalar_t, index_t> p) {
+__global__ void max_kernel(ForwardArgs<scalar_t, index_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t bag = warp_item(); bag < p.layout.num_bags; bag += warp_stride()) {
     const int64_t begin = p.layout.bounded_begin(bag);
@@ -76,7 +58,7 @@ __global__ void max_kernel(ForwardParams<scalar_t, index_t> p) {
       int64_t winner = -1;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t row = p.indices[i];
-        if (!row_used(row, p.num_weights, p.padding_row)) continue;
+        if (!row_used(row, p.num_weights, p.padding_idx)) continue;
         const acc_t v = static_cast<acc_t>(p.value(row, d));
         if (max_replaces(best, v, winner < 0)) {
           best = v;
@@ -107,11 +89,10 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& weight, const at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
                                   "mybag_embedding_bag_forward_cuda", [&] {
     AT_DISPATCH_INDEX_TYPES(in.input.scalar_type(), "mybag_embedding_bag_forward_cuda", [&] {
-      const ForwardParams<scalar_t, index_t> p{
+      const ForwardArgs<scalar_t, index_t> p{
           weight.const_data_ptr<scalar_t>(),
           weight.stride(0),
           weight.stride(1),
-          in.num_weights,
           in.dim,
           in.input.const_data_ptr<index_t>(),
           make_layout<index_t>(in.input, in.offsets, include_last_offset),
@@ -120,6 +101,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& weight, const at::T
           in.padding_row,
           output.mutable_data_ptr<scalar_t>(),
           in.mode == Mode::Max ? max_indices.mutable_data_ptr<int64_t>() : nullptr,
+          in.num_weights,
       };
       const auto grid = warp_grid(in.num_bags);
       if (in.mode == Mode::Max) {
