@@ -796,3 +796,33 @@ def test_cuda_context_still_works_after_every_error():
         with pytest.raises(exc):
             fn(weight, inp, offsets, grad, psw)
     _assert_cuda_still_works()
+
+
+# ---------------------------------------------------------------------------------------------
+# Regression: index -1 without padding_idx. The kernels mark "no padding" with row -1, so a -1
+# index once passed for padding (the CPU's AVX2 forward skipped it silently, and max mode read
+# no error); it must be an IndexError like any other index out of range.
+
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("form", ["1d", "2d"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("where", [0, 4])
+def test_minus_one_is_out_of_range_without_padding_idx(device, mode, dtype, form, index_dtype,
+                                                       where):
+    weight = torch.randn(NUM_EMBEDDINGS, 37, dtype=dtype, device=device) * 10
+    before = weight.clone()
+    input = torch.tensor([1, 2, 3, 4, 5, 6], dtype=index_dtype, device=device)
+    input[where] = -1
+    offsets = torch.tensor([0, 3], dtype=index_dtype, device=device)
+    if form == "2d":
+        input, offsets = input.reshape(2, 3), None
+    for max_norm in [None, 1.0]:
+        with pytest.raises(IndexError, match=names("input", val(-1))):
+            mybag.embedding_bag(input, weight, offsets, mode=mode, max_norm=max_norm)
+        assert torch.equal(weight, before)

@@ -300,8 +300,9 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t co
   for (int64_t i = r.begin; i < r.end; ++i) {
     r.template prefetch<kTileBytes>(i, col);
     const int64_t row = r.indices[i];
-    if (row == r.padding_idx) continue;
+    // Range first: padding_idx is -1 when there is none, and a -1 index must not pass for it.
     if (r.out_of_range(row)) return false;
+    if (row == r.padding_idx) continue;
     ++count;
     const scalar_t* values = base + row * r.row_stride;
     if (r.per_sample_weights != nullptr) {
@@ -373,7 +374,11 @@ MYBAG_AVX2_INLINE bool max_tile(const BagRange<scalar_t, index_t>& r, int64_t co
   const int64_t width = NV * W + (Part ? part : 0);
   const scalar_t* base = r.weight + col;
   int64_t i = r.begin;
-  for (; i < r.end && r.indices[i] == r.padding_idx; ++i) r.template prefetch<kTileBytes>(i, col);
+  // Leading padding (an out-of-range index stops here and fails below: padding_idx is -1 when
+  // there is none, and a -1 index must not pass for it).
+  for (; i < r.end && !r.out_of_range(r.indices[i]) && r.indices[i] == r.padding_idx; ++i) {
+    r.template prefetch<kTileBytes>(i, col);
+  }
   if (i == r.end) {  // empty, or padding only
     for (int64_t j = 0; j < width; ++j) {
       out[col + j] = scalar_t(0);
@@ -401,8 +406,9 @@ MYBAG_AVX2_INLINE bool max_tile(const BagRange<scalar_t, index_t>& r, int64_t co
   for (++i; i < r.end; ++i) {
     r.template prefetch<kTileBytes>(i, col);
     const int64_t row = r.indices[i];
-    if (row == r.padding_idx) continue;
+    // Range first: padding_idx is -1 when there is none, and a -1 index must not pass for it.
     if (r.out_of_range(row)) return false;
+    if (row == r.padding_idx) continue;
     const scalar_t* values = base + row * r.row_stride;
     const pos_vec here = L::set1_pos(i - r.begin);
 #pragma GCC unroll 16
