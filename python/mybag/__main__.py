@@ -149,6 +149,19 @@ def parity(verbose: bool = True, seed: int = 0) -> Tuple[int, int]:
     return passed, total
 
 
+def kernel_summary() -> str:
+    """Which device kernels the loaded library registered, and whether a GPU is here to run the
+    CUDA ones (the build may include them without one)."""
+    registered = {
+        key: any(name.startswith("mybag::")
+                 for name in torch._C._dispatch_get_registrations_for_dispatch_key(key))
+        for key in ("CPU", "CUDA")
+    }
+    devices = [key for key, present in registered.items() if present]
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU visible"
+    return f"{', '.join(devices) or 'none'} ({gpu})"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mybag",
@@ -160,6 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     print(f"mybag {mybag.__version__}, torch {torch.__version__}, library {mybag.library_path()}")
+    print(f"kernels: {kernel_summary()}")
     print()
     seed_examples()
     start = time.perf_counter()

@@ -124,9 +124,9 @@ void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad, bool s
   const index_t* indices = in.input.const_data_ptr<index_t>();
   const at::Tensor bag_of = bag_of_entries(layout, in.input);
   const bool mean = in.mode == Mode::Mean;
-  const at::Tensor counts = mean ? non_padding_counts(layout, indices, in.num_weights, in.padding_row,
-                                                in.input)
-                           : at::Tensor();
+  const at::Tensor counts =
+      mean ? non_padding_counts(layout, indices, in.num_weights, in.padding_row, in.input)
+           : at::Tensor();
   const auto groups = group_by_row(in.input.view({-1}));
   if (groups.count == 0) return;
 
@@ -138,8 +138,8 @@ void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad, bool s
   const auto totals = at::stack({chunk_ends[-1], partial_ends[-1]}).cpu();
   const int64_t total_chunks = totals[0].item<int64_t>();
   const int64_t total_partials = totals[1].item<int64_t>();
-  at::Tensor partials = at::empty({total_partials, in.dim},
-                            grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  at::Tensor partials = at::empty(
+      {total_partials, in.dim}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
 
   GroupSumParams<scalar_t, index_t> p{
       grad.const_data_ptr<scalar_t>(),
