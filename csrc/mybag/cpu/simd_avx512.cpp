@@ -9,8 +9,9 @@
 // tiles of up to kSumTile vectors (256 floats, 128 doubles), each tile walks the bag's entries
 // once and is stored once, converted to weight's dtype. The row's last vector is a masked load
 // (and masked store) whose mask covers the columns left (all of them when dim is a multiple of
-// the width), so a tile is specialized only on its number of vectors. Each tile prefetches its
-// own columns of the row a few entries ahead, one prefetch per 64-byte line.
+// the width), so a tile is specialized only on its number of vectors, and the shape of the last
+// tile is chosen once per call. Each tile prefetches its own columns of the row a few entries
+// ahead, one prefetch per 64-byte line.
 //
 // Same bits as the portable loops and the AVX2 kernels: entry order, per column, a multiply and
 // then an add, never an FMA. AVX-512F implies FMA, and GCC's intrinsics are plain vector
@@ -90,6 +91,7 @@ struct FloatLanes {
 
 template <>
 struct Lanes<float> : FloatLanes {
+  static MYBAG_AVX512_INLINE vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
   static MYBAG_AVX512_INLINE vec load(const float* p) { return _mm512_loadu_ps(p); }
   static MYBAG_AVX512_INLINE vec load(const float* p, mask_t m) {
     return _mm512_maskz_loadu_ps(m, p);
@@ -103,6 +105,10 @@ template <>
 struct Lanes<c10::BFloat16> : FloatLanes {
   static MYBAG_AVX512_INLINE vec widen(__m256i bits) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  // *p in every lane (c10's conversion is this shift, done here without leaving the vectors).
+  static MYBAG_AVX512_INLINE vec broadcast(const c10::BFloat16* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_set1_epi32(p->x), 16));
   }
   static MYBAG_AVX512_INLINE vec load(const c10::BFloat16* p) {
     return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -124,6 +130,11 @@ struct Lanes<c10::BFloat16> : FloatLanes {
 
 template <>
 struct Lanes<c10::Half> : FloatLanes {
+  // *p in every lane, through F16C as the rows (c10::Half's scalar conversion is a software
+  // routine in this baseline-compiled file, a dozen instructions per entry).
+  static MYBAG_AVX512_INLINE vec broadcast(const c10::Half* p) {
+    return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(p->x)));
+  }
   static MYBAG_AVX512_INLINE vec load(const c10::Half* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
@@ -157,6 +168,7 @@ struct Lanes<double> {
   static MYBAG_AVX512_INLINE mask_t first(int n) {
     return static_cast<mask_t>(n >= 8 ? 0xFFu : (1u << n) - 1u);
   }
+  static MYBAG_AVX512_INLINE vec broadcast(const double* p) { return _mm512_set1_pd(*p); }
   static MYBAG_AVX512_INLINE vec load(const double* p) { return _mm512_loadu_pd(p); }
   static MYBAG_AVX512_INLINE vec load(const double* p, mask_t m) {
     return _mm512_maskz_loadu_pd(m, p);
@@ -230,7 +242,7 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
     ++count;
     const scalar_t* values = base + row * r.row_stride;
     if constexpr (kScaled) {
-      const vec scale = L::set1(static_cast<acc_t>(r.per_sample_weights[i]));
+      const vec scale = L::broadcast(r.per_sample_weights + i);
 #pragma GCC unroll 32
       for (int k = 0; k + 1 < NV; ++k) {
         acc[k] = L::add(acc[k], L::mul(scale, L::load(values + k * W)));
@@ -254,26 +266,19 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
   return true;
 }
 
-// Runs sum_tile<NV> for NV = n (1..kSumTile).
+// Bags [first, last) whose rows end in a tile of NV vectors (after any full tiles of kSumTile).
+// One function per NV, chosen once per call (dim is the same for every bag): kept out of line,
+// each bag loop has the registers to itself (all tile shapes inlined into one function, GCC
+// spilled the loop's invariants to the stack and to vector registers).
 template <int NV, bool kScaled, typename scalar_t, typename index_t>
-MYBAG_AVX512_INLINE bool tile_of(int n, const BagRange<scalar_t, index_t>& r, int64_t col,
-                                 typename Lanes<scalar_t>::mask_t last, bool mean,
-                                 scalar_t* out) {
-  if constexpr (NV > 1) {
-    if (n < NV) return tile_of<NV - 1, kScaled>(n, r, col, last, mean, out);
-  }
-  return sum_tile<NV, kScaled>(r, col, last, mean, out);
-}
-
-template <bool kScaled, typename scalar_t, typename index_t>
-MYBAG_AVX512 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
-                           int64_t last) {
+MYBAG_AVX512 __attribute__((noinline)) bool sum_bags_ending_in(
+    const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first, int64_t last) {
   using L = Lanes<scalar_t>;
   constexpr int W = L::kWidth;
   const int64_t distance = prefetch_distance(a.dim * static_cast<int64_t>(sizeof(scalar_t)));
-  const int64_t vectors = (a.dim + W - 1) / W;
+  const int64_t full_tiles = (a.dim - 1) / (W * kSumTile);
   const auto all = L::first(W);
-  const auto tail = L::first(static_cast<int>(a.dim - (vectors - 1) * W));
+  const auto tail = L::first(static_cast<int>(a.dim - (full_tiles * kSumTile + NV - 1) * W));
   const int64_t prefetch_end = a.layout.num_indices - distance;
   for (int64_t bag = first; bag < last; ++bag) {
     const int64_t begin = a.layout.begin(bag);
@@ -283,17 +288,31 @@ MYBAG_AVX512 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, i
         a.padding_idx, begin,     end,                  end < prefetch_end ? end : prefetch_end,
         distance};
     scalar_t* out = a.output + bag * a.dim;
-    int64_t done = 0;  // vectors
-    while (vectors - done > kSumTile) {
-      if (!sum_tile<kSumTile, kScaled>(r, done * W, all, mean, out)) return false;
-      done += kSumTile;
+    for (int64_t t = 0; t < full_tiles; ++t) {
+      if (!sum_tile<kSumTile, kScaled>(r, t * kSumTile * W, all, mean, out)) return false;
     }
-    if (!tile_of<kSumTile, kScaled>(static_cast<int>(vectors - done), r, done * W, tail, mean,
-                                    out)) {
-      return false;
-    }
+    if (!sum_tile<NV, kScaled>(r, full_tiles * kSumTile * W, tail, mean, out)) return false;
   }
   return true;
+}
+
+// Runs sum_bags_ending_in<NV> for NV = n (1..kSumTile).
+template <int NV, bool kScaled, typename scalar_t, typename index_t>
+MYBAG_AVX512_INLINE bool sum_bags_ending(int n, const ForwardArgs<scalar_t, index_t>& a,
+                                         bool mean, int64_t first, int64_t last) {
+  if constexpr (NV > 1) {
+    if (n < NV) return sum_bags_ending<NV - 1, kScaled>(n, a, mean, first, last);
+  }
+  return sum_bags_ending_in<NV, kScaled>(a, mean, first, last);
+}
+
+template <bool kScaled, typename scalar_t, typename index_t>
+MYBAG_AVX512 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+                           int64_t last) {
+  constexpr int W = Lanes<scalar_t>::kWidth;
+  const int64_t vectors = (a.dim + W - 1) / W;
+  const int64_t last_tile = vectors - (vectors - 1) / kSumTile * kSumTile;  // 1..kSumTile
+  return sum_bags_ending<kSumTile, kScaled>(static_cast<int>(last_tile), a, mean, first, last);
 }
 
 }  // namespace
