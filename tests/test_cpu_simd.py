@@ -1,10 +1,13 @@
 """The CPU's SIMD kernels against its portable loops and against torch.
 
-The AVX2 kernels (csrc/mybag/cpu/simd_avx2.cpp) add in the same order with the same operations as
-the portable loops, so both must give the same bits. MYBAG_CPU_SIMD=0 turns the SIMD kernels off;
-a subprocess computes every case that way and this process compares, bit for bit. The cases cover
-the widths where the kernels change shape (partial vectors, one and several column tiles), strided
-tables, padding, per_sample_weights, empty bags and NaN in max mode, in every dtype.
+The AVX2 kernels (csrc/mybag/cpu/simd_avx2.cpp) and the AVX-512 ones (simd_avx512.cpp, sum and
+mean) add in the same order with the same operations as the portable loops, so all must give the
+same bits. MYBAG_CPU_SIMD (see csrc/mybag/cpu/simd.h) picks the kernels: "0" the portable loops,
+"avx2" the AVX2 kernels even on an AVX-512 CPU, unset the best the CPU has. Subprocesses compute
+every case each way and the results are compared bit for bit (on a CPU without AVX-512 the
+default and "avx2" runs are the same kernels). The cases cover the widths where the kernels change
+shape (partial vectors, one and several column tiles of either kernel), strided tables, padding,
+per_sample_weights, empty bags and NaN in max mode, in every dtype.
 """
 
 import os
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 import mybag
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-DIMS = [1, 7, 8, 16, 33, 64, 65, 100, 129, 513]
+DIMS = [1, 7, 8, 16, 33, 64, 65, 100, 129, 255, 256, 513]
 
 
 def make_cases():
@@ -80,9 +83,12 @@ def bits(t):
     return t
 
 
-def test_simd_matches_portable_loops_bit_for_bit(tmp_path):
-    path = tmp_path / "portable.pt"
-    env = dict(os.environ, MYBAG_CPU_SIMD="0")
+def results_with(simd_setting, path):
+    """run_cases() in a subprocess with MYBAG_CPU_SIMD=simd_setting (None: unset)."""
+    env = dict(os.environ)
+    env.pop("MYBAG_CPU_SIMD", None)
+    if simd_setting is not None:
+        env["MYBAG_CPU_SIMD"] = simd_setting
     code = (
         "import sys, torch; sys.path.insert(0, sys.argv[1]); import mybag, test_cpu_simd; "
         "torch.save(test_cpu_simd.run_cases(), sys.argv[2])"
@@ -90,8 +96,17 @@ def test_simd_matches_portable_loops_bit_for_bit(tmp_path):
     subprocess.run(
         [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), str(path)],
         env=env, check=True)
-    portable = torch.load(path)
-    simd = run_cases()
+    return torch.load(path)
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory):
+    return results_with("0", tmp_path_factory.mktemp("simd") / "portable.pt")
+
+
+@pytest.mark.parametrize("simd_setting", [None, "avx2"], ids=["best", "avx2"])
+def test_simd_matches_portable_loops_bit_for_bit(portable, simd_setting, tmp_path):
+    simd = results_with(simd_setting, tmp_path / "simd.pt")
     assert portable.keys() == simd.keys()
     mismatched = [k for k in simd if not torch.equal(bits(simd[k]), bits(portable[k]))]
     assert not mismatched, f"SIMD and portable results differ: {mismatched[:10]}"

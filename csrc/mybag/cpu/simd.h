@@ -19,9 +19,18 @@
 
 namespace mybag::cpu {
 
-// Whether the AVX2 kernels run on this CPU. MYBAG_CPU_SIMD=0 in the environment turns them off
-// (to compare with the portable loops, or to rule them out).
+// MYBAG_CPU_SIMD in the environment picks the kernels (read once per process):
+//   unset (or any other value)  the best this CPU supports: AVX-512, else AVX2, else portable;
+//   "avx2"                      the AVX2 kernels even where AVX-512 is there (to test them);
+//   "0"                         the portable loops only (to compare with, or to rule SIMD out).
+// The AVX-512 kernels (simd_avx512.cpp) cover the sum and mean forward; the rest stays AVX2.
+
+// Whether the AVX2 kernels run on this CPU (and MYBAG_CPU_SIMD is not "0").
 bool use_avx2();
+
+// Whether the AVX-512 kernels run: AVX2 in use, AVX-512F/BW/VL on this CPU, and MYBAG_CPU_SIMD
+// is not "avx2".
+bool use_avx512();
 
 // Whether the forward kernels below apply: AVX2 on this CPU and contiguous rows (and, in max
 // mode, bags short enough for an int32 position).
@@ -34,6 +43,10 @@ bool avx2_forward_applies(int64_t col_stride, int64_t num_indices, bool max_mode
 template <typename scalar_t, typename index_t>
 bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
                    int64_t last);
+// sum_bags_avx2 with AVX-512 (which sum_bags_avx2 calls when use_avx512()).
+template <typename scalar_t, typename index_t>
+bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+                     int64_t last);
 template <typename scalar_t, typename index_t>
 bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t last);
 

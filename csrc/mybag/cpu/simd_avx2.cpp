@@ -580,6 +580,7 @@ bool avx2_forward_applies(int64_t col_stride, int64_t num_indices, bool max_mode
 template <typename scalar_t, typename index_t>
 bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
                    int64_t last) {
+  if (use_avx512()) return sum_bags_avx512(a, mean, first, last);
   return sum_bags(a, mean, first, last);
 }
 

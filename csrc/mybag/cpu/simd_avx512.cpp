@@ -1,0 +1,346 @@
+// AVX-512 kernels for the forward's sum and mean (see simd.h). Like simd_avx2.cpp, only the
+// functions marked MYBAG_AVX512(_INLINE) are compiled for AVX-512; the file as a whole, and every
+// header it includes, stays baseline.
+//
+// Why: on a CPU with AVX-512, torch's sum (FBGEMM's JIT kernel) adds 16 floats per instruction,
+// and the AVX2 kernel, doing twice the instructions per row, was 0.7-0.95x of it.
+//
+// Design: as the AVX2 sum tile. A bag's accumulators stay in zmm registers: the row is cut into
+// tiles of up to kSumTile vectors (256 floats, 128 doubles), each tile walks the bag's entries
+// once and is stored once, converted to weight's dtype. The row's last vector is a masked load
+// (and masked store) whose mask covers the columns left (all of them when dim is a multiple of
+// the width), so a tile is specialized only on its number of vectors, and the shape of the last
+// tile is chosen once per call. Each tile prefetches its own columns of the row a few entries
+// ahead, one prefetch per 64-byte line.
+//
+// Same bits as the portable loops and the AVX2 kernels: entry order, per column, a multiply and
+// then an add, never an FMA. AVX-512F implies FMA, and GCC's intrinsics are plain vector
+// operators that it would contract, so contraction is off for this file (the pragma below):
+// no FMA is left: GCC 12 emits 1216 vfmadd in this file without the pragma, none with it.
+#pragma GCC optimize("fp-contract=off")
+// GCC 12's own _mm512_undefined_ps (in cvtph/mul intrinsics) trips -Wmaybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "mybag/cpu/simd.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MYBAG_AVX512_KERNELS 1
+#include <immintrin.h>
+#else
+#define MYBAG_AVX512_KERNELS 0
+#endif
+
+namespace mybag::cpu {
+
+bool use_avx512() {
+#if MYBAG_AVX512_KERNELS
+  static const bool enabled = [] {
+    if (!use_avx2()) return false;  // MYBAG_CPU_SIMD=0, or no AVX2
+    const char* setting = std::getenv("MYBAG_CPU_SIMD");
+    if (setting != nullptr && std::strcmp(setting, "avx2") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+#if MYBAG_AVX512_KERNELS
+
+#define MYBAG_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx2,f16c"
+#define MYBAG_AVX512 __attribute__((target(MYBAG_AVX512_TARGET)))
+#define MYBAG_AVX512_INLINE __attribute__((target(MYBAG_AVX512_TARGET), always_inline)) inline
+
+namespace {
+
+// Lanes<scalar_t>: scalar_t elements in a zmm vector of their accumulation type (float for
+// float, half and bfloat16; double for double). load/store touch only the lanes in mask.
+template <typename scalar_t>
+struct Lanes;
+
+struct FloatLanes {
+  using acc_t = float;
+  using vec = __m512;
+  using mask_t = __mmask16;
+  static constexpr int kWidth = 16;
+  static MYBAG_AVX512_INLINE vec zero() { return _mm512_setzero_ps(); }
+  static MYBAG_AVX512_INLINE vec set1(float x) { return _mm512_set1_ps(x); }
+  static MYBAG_AVX512_INLINE vec add(vec a, vec b) {
+    return _mm512_add_ps(a, b);
+  }
+  static MYBAG_AVX512_INLINE vec mul(vec a, vec b) {
+    return _mm512_mul_ps(a, b);
+  }
+  static MYBAG_AVX512_INLINE vec div(vec a, vec b) {
+    return _mm512_div_ps(a, b);
+  }
+  static MYBAG_AVX512_INLINE mask_t first(int n) {
+    return static_cast<mask_t>(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+  }
+};
+
+template <>
+struct Lanes<float> : FloatLanes {
+  static MYBAG_AVX512_INLINE vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static MYBAG_AVX512_INLINE vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static MYBAG_AVX512_INLINE vec load(const float* p, mask_t m) {
+    return _mm512_maskz_loadu_ps(m, p);
+  }
+  static MYBAG_AVX512_INLINE void store(float* p, vec v, mask_t m) {
+    _mm512_mask_storeu_ps(p, m, v);
+  }
+};
+
+template <>
+struct Lanes<c10::BFloat16> : FloatLanes {
+  static MYBAG_AVX512_INLINE vec widen(__m256i bits) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  // *p in every lane (c10's conversion is this shift, done here without leaving the vectors).
+  static MYBAG_AVX512_INLINE vec broadcast(const c10::BFloat16* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_set1_epi32(p->x), 16));
+  }
+  static MYBAG_AVX512_INLINE vec load(const c10::BFloat16* p) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static MYBAG_AVX512_INLINE vec load(const c10::BFloat16* p, mask_t m) {
+    return widen(_mm256_maskz_loadu_epi16(m, p));
+  }
+  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, as the AVX2 kernel.
+  static MYBAG_AVX512_INLINE void store(c10::BFloat16* p, vec v, mask_t m) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    const __m512i bits = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
+    _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(bits));
+  }
+};
+
+template <>
+struct Lanes<c10::Half> : FloatLanes {
+  // *p in every lane, through F16C as the rows (c10::Half's scalar conversion is a software
+  // routine in this baseline-compiled file, a dozen instructions per entry).
+  static MYBAG_AVX512_INLINE vec broadcast(const c10::Half* p) {
+    return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(p->x)));
+  }
+  static MYBAG_AVX512_INLINE vec load(const c10::Half* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static MYBAG_AVX512_INLINE vec load(const c10::Half* p, mask_t m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+  }
+  // Round to nearest even, as c10::Half (and the AVX2 kernel).
+  static MYBAG_AVX512_INLINE void store(c10::Half* p, vec v, mask_t m) {
+    _mm256_mask_storeu_epi16(p, m,
+                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+
+template <>
+struct Lanes<double> {
+  using acc_t = double;
+  using vec = __m512d;
+  using mask_t = __mmask8;
+  static constexpr int kWidth = 8;
+  static MYBAG_AVX512_INLINE vec zero() { return _mm512_setzero_pd(); }
+  static MYBAG_AVX512_INLINE vec set1(double x) { return _mm512_set1_pd(x); }
+  static MYBAG_AVX512_INLINE vec add(vec a, vec b) {
+    return _mm512_add_pd(a, b);
+  }
+  static MYBAG_AVX512_INLINE vec mul(vec a, vec b) {
+    return _mm512_mul_pd(a, b);
+  }
+  static MYBAG_AVX512_INLINE vec div(vec a, vec b) {
+    return _mm512_div_pd(a, b);
+  }
+  static MYBAG_AVX512_INLINE mask_t first(int n) {
+    return static_cast<mask_t>(n >= 8 ? 0xFFu : (1u << n) - 1u);
+  }
+  static MYBAG_AVX512_INLINE vec broadcast(const double* p) { return _mm512_set1_pd(*p); }
+  static MYBAG_AVX512_INLINE vec load(const double* p) { return _mm512_loadu_pd(p); }
+  static MYBAG_AVX512_INLINE vec load(const double* p, mask_t m) {
+    return _mm512_maskz_loadu_pd(m, p);
+  }
+  static MYBAG_AVX512_INLINE void store(double* p, vec v, mask_t m) {
+    _mm512_mask_storeu_pd(p, m, v);
+  }
+};
+
+// Vectors per column tile: its accumulators stay within AVX-512's 32 registers with room for
+// the loaded values.
+constexpr int kSumTile = 16;
+
+// Entries to look ahead: about 4 KiB of row data, 4 to 32 entries (as the AVX2 kernel).
+inline int64_t prefetch_distance(int64_t row_bytes) {
+  const int64_t entries = 4096 / (row_bytes > 0 ? row_bytes : 1);
+  return entries < 4 ? 4 : (entries > 32 ? 32 : entries);
+}
+
+template <typename scalar_t, typename index_t>
+struct BagRange {
+  const scalar_t* weight;
+  const index_t* indices;
+  const scalar_t* per_sample_weights;
+  int64_t row_stride;
+  int64_t num_weights;
+  int64_t padding_idx;
+  int64_t begin;
+  int64_t end;
+  int64_t prefetch_last;  // entries i < prefetch_last prefetch entry i + distance
+  int64_t distance;
+
+  MYBAG_AVX512_INLINE bool out_of_range(int64_t row) const {
+    return static_cast<uint64_t>(row) >= static_cast<uint64_t>(num_weights);
+  }
+
+  // Requests the columns [col, col + kBytes) of the row entry i + distance reads, one prefetch
+  // per 64-byte line. An index not checked yet may be out of range: it prefetches row 0 instead.
+  template <int kBytes>
+  MYBAG_AVX512_INLINE void prefetch(int64_t i, int64_t col) const {
+    if (i < prefetch_last) {
+      int64_t row = indices[i + distance];
+      row = out_of_range(row) ? 0 : row;
+      const char* bytes = reinterpret_cast<const char*>(weight + row * row_stride + col);
+#pragma GCC unroll 32
+      for (int offset = 0; offset < kBytes; offset += 64) _mm_prefetch(bytes + offset, _MM_HINT_T0);
+    }
+  }
+};
+
+// One column tile of one bag: NV vectors from column `col`, the last one masked by `last`.
+template <int NV, bool kScaled, typename scalar_t, typename index_t>
+MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col,
+                                  typename Lanes<scalar_t>::mask_t last, bool mean,
+                                  scalar_t* out) {
+  using L = Lanes<scalar_t>;
+  using vec = typename L::vec;
+  using acc_t = typename L::acc_t;
+  constexpr int W = L::kWidth;
+  constexpr int kTileBytes = NV * W * static_cast<int>(sizeof(scalar_t));
+  vec acc[NV];
+#pragma GCC unroll 32
+  for (int k = 0; k < NV; ++k) acc[k] = L::zero();
+  int64_t count = 0;
+  const scalar_t* base = r.weight + col;
+  for (int64_t i = r.begin; i < r.end; ++i) {
+    r.template prefetch<kTileBytes>(i, col);
+    const int64_t row = r.indices[i];
+    if (row == r.padding_idx) continue;
+    if (r.out_of_range(row)) return false;
+    ++count;
+    const scalar_t* values = base + row * r.row_stride;
+    if constexpr (kScaled) {
+      const vec scale = L::broadcast(r.per_sample_weights + i);
+#pragma GCC unroll 32
+      for (int k = 0; k + 1 < NV; ++k) {
+        acc[k] = L::add(acc[k], L::mul(scale, L::load(values + k * W)));
+      }
+      acc[NV - 1] = L::add(acc[NV - 1], L::mul(scale, L::load(values + (NV - 1) * W, last)));
+    } else {
+#pragma GCC unroll 32
+      for (int k = 0; k + 1 < NV; ++k) acc[k] = L::add(acc[k], L::load(values + k * W));
+      acc[NV - 1] = L::add(acc[NV - 1], L::load(values + (NV - 1) * W, last));
+    }
+  }
+  if (mean && count > 0) {
+    const vec divisor = L::set1(static_cast<acc_t>(count));
+#pragma GCC unroll 32
+    for (int k = 0; k < NV; ++k) acc[k] = L::div(acc[k], divisor);
+  }
+  const auto all = L::first(W);
+#pragma GCC unroll 32
+  for (int k = 0; k + 1 < NV; ++k) L::store(out + col + k * W, acc[k], all);
+  L::store(out + col + (NV - 1) * W, acc[NV - 1], last);
+  return true;
+}
+
+// Bags [first, last) whose rows end in a tile of NV vectors (after any full tiles of kSumTile).
+// One function per NV, chosen once per call (dim is the same for every bag): kept out of line,
+// each bag loop has the registers to itself (all tile shapes inlined into one function, GCC
+// spilled the loop's invariants to the stack and to vector registers).
+template <int NV, bool kScaled, typename scalar_t, typename index_t>
+MYBAG_AVX512 __attribute__((noinline)) bool sum_bags_ending_in(
+    const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first, int64_t last) {
+  using L = Lanes<scalar_t>;
+  constexpr int W = L::kWidth;
+  const int64_t distance = prefetch_distance(a.dim * static_cast<int64_t>(sizeof(scalar_t)));
+  const int64_t full_tiles = (a.dim - 1) / (W * kSumTile);
+  const auto all = L::first(W);
+  const auto tail = L::first(static_cast<int>(a.dim - (full_tiles * kSumTile + NV - 1) * W));
+  const int64_t prefetch_end = a.layout.num_indices - distance;
+  for (int64_t bag = first; bag < last; ++bag) {
+    const int64_t begin = a.layout.begin(bag);
+    const int64_t end = a.layout.end(bag);
+    const BagRange<scalar_t, index_t> r{
+        a.weight,      a.indices, a.per_sample_weights, a.row_stride, a.num_weights,
+        a.padding_idx, begin,     end,                  end < prefetch_end ? end : prefetch_end,
+        distance};
+    scalar_t* out = a.output + bag * a.dim;
+    for (int64_t t = 0; t < full_tiles; ++t) {
+      if (!sum_tile<kSumTile, kScaled>(r, t * kSumTile * W, all, mean, out)) return false;
+    }
+    if (!sum_tile<NV, kScaled>(r, full_tiles * kSumTile * W, tail, mean, out)) return false;
+  }
+  return true;
+}
+
+// Runs sum_bags_ending_in<NV> for NV = n (1..kSumTile).
+template <int NV, bool kScaled, typename scalar_t, typename index_t>
+MYBAG_AVX512_INLINE bool sum_bags_ending(int n, const ForwardArgs<scalar_t, index_t>& a,
+                                         bool mean, int64_t first, int64_t last) {
+  if constexpr (NV > 1) {
+    if (n < NV) return sum_bags_ending<NV - 1, kScaled>(n, a, mean, first, last);
+  }
+  return sum_bags_ending_in<NV, kScaled>(a, mean, first, last);
+}
+
+template <bool kScaled, typename scalar_t, typename index_t>
+MYBAG_AVX512 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+                           int64_t last) {
+  constexpr int W = Lanes<scalar_t>::kWidth;
+  const int64_t vectors = (a.dim + W - 1) / W;
+  const int64_t last_tile = vectors - (vectors - 1) / kSumTile * kSumTile;  // 1..kSumTile
+  return sum_bags_ending<kSumTile, kScaled>(static_cast<int>(last_tile), a, mean, first, last);
+}
+
+}  // namespace
+
+template <typename scalar_t, typename index_t>
+bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+                     int64_t last) {
+  return a.per_sample_weights != nullptr ? sum_bags<true>(a, mean, first, last)
+                                         : sum_bags<false>(a, mean, first, last);
+}
+
+#else  // no AVX-512 kernels on this architecture
+
+template <typename scalar_t, typename index_t>
+bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>&, bool, int64_t, int64_t) {
+  TORCH_INTERNAL_ASSERT(false, "mybag: no AVX-512 kernels in this build");
+  return false;
+}
+
+#endif
+
+#define MYBAG_INSTANTIATE(scalar_t)                                                               \
+  template bool sum_bags_avx512(const ForwardArgs<scalar_t, int32_t>&, bool, int64_t, int64_t); \
+  template bool sum_bags_avx512(const ForwardArgs<scalar_t, int64_t>&, bool, int64_t, int64_t);
+
+MYBAG_INSTANTIATE(float)
+MYBAG_INSTANTIATE(double)
+MYBAG_INSTANTIATE(c10::Half)
+MYBAG_INSTANTIATE(c10::BFloat16)
+
+}  // namespace mybag::cpu
