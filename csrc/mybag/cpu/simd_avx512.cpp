@@ -237,8 +237,9 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
   for (int64_t i = r.begin; i < r.end; ++i) {
     r.template prefetch<kTileBytes>(i, col);
     const int64_t row = r.indices[i];
-    if (row == r.padding_idx) continue;
+    // Range first: padding_idx is -1 when there is none, and a -1 index must not pass for it.
     if (r.out_of_range(row)) return false;
+    if (row == r.padding_idx) continue;
     ++count;
     const scalar_t* values = base + row * r.row_stride;
     if constexpr (kScaled) {
