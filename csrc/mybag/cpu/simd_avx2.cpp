@@ -20,6 +20,8 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MYBAG_AVX2_KERNELS 1
 #include <immintrin.h>
+
+#include "mybag/cpu/bag_range.h"
 #else
 #define MYBAG_AVX2_KERNELS 0
 #endif
@@ -225,59 +227,6 @@ struct Lanes<double> {
 // values and winners (twice as many registers) stay within AVX2's 16.
 constexpr int kSumTile = 8;
 constexpr int kMaxTile = 4;
-
-// Entries to look ahead: rows are requested about 4 KiB of row data before their use, 4 to 32
-// entries ahead. (Measured against 2 KiB / 16 entries, interleaved with torch: the same on
-// cached tables, 0.75x -> 0.9x of torch on a 2M x 128 float table; the T1 and NTA hints and
-// prefetching after the row's loads made no clear difference.)
-inline int64_t prefetch_distance(int64_t row_bytes) {
-  const int64_t entries = 4096 / (row_bytes > 0 ? row_bytes : 1);
-  return entries < 4 ? 4 : (entries > 32 ? 32 : entries);
-}
-
-// A bag's entries, with what its tiles need to read, check and prefetch rows: copied out of
-// ForwardArgs, one indirection closer to the row loops. (Passed by value instead, the copies
-// waited behind the output stores of the previous bag: 2.5x slower for bags of one row.)
-template <typename scalar_t, typename index_t>
-struct BagRange {
-  const scalar_t* weight;
-  const index_t* indices;
-  const scalar_t* per_sample_weights;
-  int64_t row_stride;
-  int64_t num_weights;
-  int64_t padding_idx;
-  int64_t begin;
-  int64_t end;
-  int64_t prefetch_last;  // entries i < prefetch_last prefetch entry i + distance
-  int64_t distance;
-
-  MYBAG_AVX2_INLINE bool out_of_range(int64_t row) const {
-    return static_cast<uint64_t>(row) >= static_cast<uint64_t>(num_weights);
-  }
-
-  // Requests the columns [col, col + kBytes) of the row entry i + distance reads. An index not
-  // checked yet may be out of range: it prefetches row 0 instead.
-  template <int kBytes>
-  MYBAG_AVX2_INLINE void prefetch(int64_t i, int64_t col) const {
-    if (i < prefetch_last) {
-      int64_t row = indices[i + distance];
-      row = out_of_range(row) ? 0 : row;
-      const char* bytes = reinterpret_cast<const char*>(weight + row * row_stride + col);
-#pragma GCC unroll 16
-      for (int offset = 0; offset < kBytes; offset += 64) _mm_prefetch(bytes + offset, _MM_HINT_T0);
-    }
-  }
-};
-
-template <typename scalar_t, typename index_t>
-MYBAG_AVX2_INLINE BagRange<scalar_t, index_t> bag_range(const ForwardArgs<scalar_t, index_t>& a,
-                                                        int64_t bag, int64_t distance) {
-  const int64_t begin = a.layout.begin(bag);
-  const int64_t end = a.layout.end(bag);
-  const int64_t last = a.layout.num_indices - distance;
-  return {a.weight,     a.indices, a.per_sample_weights, a.row_stride, a.num_weights,
-          a.padding_idx, begin,    end,                  end < last ? end : last, distance};
-}
 
 // One column tile of one bag in sum/mean mode: NV full vectors from column `col`, plus a partial
 // vector of `part` columns when Part.

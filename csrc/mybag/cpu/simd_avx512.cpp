@@ -33,6 +33,8 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MYBAG_AVX512_KERNELS 1
 #include <immintrin.h>
+
+#include "mybag/cpu/bag_range.h"
 #else
 #define MYBAG_AVX512_KERNELS 0
 #endif
@@ -182,43 +184,6 @@ struct Lanes<double> {
 // the loaded values.
 constexpr int kSumTile = 16;
 
-// Entries to look ahead: about 4 KiB of row data, 4 to 32 entries (as the AVX2 kernel).
-inline int64_t prefetch_distance(int64_t row_bytes) {
-  const int64_t entries = 4096 / (row_bytes > 0 ? row_bytes : 1);
-  return entries < 4 ? 4 : (entries > 32 ? 32 : entries);
-}
-
-template <typename scalar_t, typename index_t>
-struct BagRange {
-  const scalar_t* weight;
-  const index_t* indices;
-  const scalar_t* per_sample_weights;
-  int64_t row_stride;
-  int64_t num_weights;
-  int64_t padding_idx;
-  int64_t begin;
-  int64_t end;
-  int64_t prefetch_last;  // entries i < prefetch_last prefetch entry i + distance
-  int64_t distance;
-
-  MYBAG_AVX512_INLINE bool out_of_range(int64_t row) const {
-    return static_cast<uint64_t>(row) >= static_cast<uint64_t>(num_weights);
-  }
-
-  // Requests the columns [col, col + kBytes) of the row entry i + distance reads, one prefetch
-  // per 64-byte line. An index not checked yet may be out of range: it prefetches row 0 instead.
-  template <int kBytes>
-  MYBAG_AVX512_INLINE void prefetch(int64_t i, int64_t col) const {
-    if (i < prefetch_last) {
-      int64_t row = indices[i + distance];
-      row = out_of_range(row) ? 0 : row;
-      const char* bytes = reinterpret_cast<const char*>(weight + row * row_stride + col);
-#pragma GCC unroll 32
-      for (int offset = 0; offset < kBytes; offset += 64) _mm_prefetch(bytes + offset, _MM_HINT_T0);
-    }
-  }
-};
-
 // One column tile of one bag: NV vectors from column `col`, the last one masked by `last`.
 template <int NV, bool kScaled, typename scalar_t, typename index_t>
 MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col,
@@ -280,14 +245,8 @@ MYBAG_AVX512 __attribute__((noinline)) bool sum_bags_ending_in(
   const int64_t full_tiles = (a.dim - 1) / (W * kSumTile);
   const auto all = L::first(W);
   const auto tail = L::first(static_cast<int>(a.dim - (full_tiles * kSumTile + NV - 1) * W));
-  const int64_t prefetch_end = a.layout.num_indices - distance;
   for (int64_t bag = first; bag < last; ++bag) {
-    const int64_t begin = a.layout.begin(bag);
-    const int64_t end = a.layout.end(bag);
-    const BagRange<scalar_t, index_t> r{
-        a.weight,      a.indices, a.per_sample_weights, a.row_stride, a.num_weights,
-        a.padding_idx, begin,     end,                  end < prefetch_end ? end : prefetch_end,
-        distance};
+    const auto r = bag_range(a, bag, distance);
     scalar_t* out = a.output + bag * a.dim;
     for (int64_t t = 0; t < full_tiles; ++t) {
       if (!sum_tile<kSumTile, kScaled>(r, t * kSumTile * W, all, mean, out)) return false;
