@@ -98,6 +98,7 @@ struct Lanes<float> : FloatLanes {
   static MYBAG_AVX512_INLINE vec load(const float* p, mask_t m) {
     return _mm512_maskz_loadu_ps(m, p);
   }
+  static MYBAG_AVX512_INLINE void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
   static MYBAG_AVX512_INLINE void store(float* p, vec v, mask_t m) {
     _mm512_mask_storeu_ps(p, m, v);
   }
@@ -119,14 +120,20 @@ struct Lanes<c10::BFloat16> : FloatLanes {
     return widen(_mm256_maskz_loadu_epi16(m, p));
   }
   // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, as the AVX2 kernel.
-  static MYBAG_AVX512_INLINE void store(c10::BFloat16* p, vec v, mask_t m) {
+  static MYBAG_AVX512_INLINE __m256i narrow(vec v) {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     const __m512i rounded = _mm512_srli_epi32(
         _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
     const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     const __m512i bits = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
-    _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(bits));
+    return _mm512_cvtepi32_epi16(bits);
+  }
+  static MYBAG_AVX512_INLINE void store(c10::BFloat16* p, vec v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v));
+  }
+  static MYBAG_AVX512_INLINE void store(c10::BFloat16* p, vec v, mask_t m) {
+    _mm256_mask_storeu_epi16(p, m, narrow(v));
   }
 };
 
@@ -144,9 +151,14 @@ struct Lanes<c10::Half> : FloatLanes {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
   }
   // Round to nearest even, as c10::Half (and the AVX2 kernel).
+  static MYBAG_AVX512_INLINE __m256i narrow(vec v) {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static MYBAG_AVX512_INLINE void store(c10::Half* p, vec v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v));
+  }
   static MYBAG_AVX512_INLINE void store(c10::Half* p, vec v, mask_t m) {
-    _mm256_mask_storeu_epi16(p, m,
-                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_mask_storeu_epi16(p, m, narrow(v));
   }
 };
 
@@ -175,6 +187,7 @@ struct Lanes<double> {
   static MYBAG_AVX512_INLINE vec load(const double* p, mask_t m) {
     return _mm512_maskz_loadu_pd(m, p);
   }
+  static MYBAG_AVX512_INLINE void store(double* p, vec v) { _mm512_storeu_pd(p, v); }
   static MYBAG_AVX512_INLINE void store(double* p, vec v, mask_t m) {
     _mm512_mask_storeu_pd(p, m, v);
   }
@@ -185,7 +198,9 @@ struct Lanes<double> {
 constexpr int kSumTile = 16;
 
 // One column tile of one bag: NV vectors from column `col`, the last one masked by `last`.
-template <int NV, bool kScaled, typename scalar_t, typename index_t>
+// kPadding: whether the call has a padding_idx to skip (without one, the loop holds neither it
+// nor a count in a register: GCC had run out of general registers and parked pointers in xmm).
+template <int NV, bool kScaled, bool kPadding, typename scalar_t, typename index_t>
 MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t col,
                                   typename Lanes<scalar_t>::mask_t last, bool mean,
                                   scalar_t* out) {
@@ -193,31 +208,32 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
   using vec = typename L::vec;
   using acc_t = typename L::acc_t;
   constexpr int W = L::kWidth;
-  constexpr int kTileBytes = NV * W * static_cast<int>(sizeof(scalar_t));
+  constexpr int kVectorBytes = W * static_cast<int>(sizeof(scalar_t));
   vec acc[NV];
 #pragma GCC unroll 32
   for (int k = 0; k < NV; ++k) acc[k] = L::zero();
-  int64_t count = 0;
-  const scalar_t* base = r.weight + col;
+  int64_t count = kPadding ? 0 : r.end - r.begin;
+  // Rows are addressed in bytes from one base, the row read and the row prefetched alike.
+  const uintptr_t base = reinterpret_cast<uintptr_t>(r.weight + col);
+  const uintptr_t row_bytes = static_cast<uintptr_t>(r.row_stride) * sizeof(scalar_t);
   for (int64_t i = r.begin; i < r.end; ++i) {
-    r.template prefetch<kTileBytes>(i, col);
     const int64_t row = r.indices[i];
     // Range first: padding_idx is -1 when there is none, and a -1 index must not pass for it.
     if (r.out_of_range(row)) return false;
-    if (row == r.padding_idx) continue;
-    ++count;
-    const scalar_t* values = base + row * r.row_stride;
-    if constexpr (kScaled) {
-      const vec scale = L::broadcast(r.per_sample_weights + i);
+    if constexpr (kPadding) {
+      if (row == r.padding_idx) continue;
+      ++count;
+    }
+    const auto* values = reinterpret_cast<const scalar_t*>(base + row * row_bytes);
+    const char* next = reinterpret_cast<const char*>(base + r.row_ahead(i) * row_bytes);
+    const vec scale = kScaled ? L::broadcast(r.per_sample_weights + i) : L::zero();
+    // Vector k, then the k-th 64-byte line of the row `distance` entries on: FBGEMM's order,
+    // which keeps each request off the path to this row's loads.
 #pragma GCC unroll 32
-      for (int k = 0; k + 1 < NV; ++k) {
-        acc[k] = L::add(acc[k], L::mul(scale, L::load(values + k * W)));
-      }
-      acc[NV - 1] = L::add(acc[NV - 1], L::mul(scale, L::load(values + (NV - 1) * W, last)));
-    } else {
-#pragma GCC unroll 32
-      for (int k = 0; k + 1 < NV; ++k) acc[k] = L::add(acc[k], L::load(values + k * W));
-      acc[NV - 1] = L::add(acc[NV - 1], L::load(values + (NV - 1) * W, last));
+    for (int k = 0; k < NV; ++k) {
+      const vec v = k + 1 < NV ? L::load(values + k * W) : L::load(values + k * W, last);
+      acc[k] = L::add(acc[k], kScaled ? L::mul(scale, v) : v);
+      if ((k * kVectorBytes) % 64 == 0) _mm_prefetch(next + k * kVectorBytes, _MM_HINT_T0);
     }
   }
   if (mean && count > 0) {
@@ -225,9 +241,8 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
 #pragma GCC unroll 32
     for (int k = 0; k < NV; ++k) acc[k] = L::div(acc[k], divisor);
   }
-  const auto all = L::first(W);
 #pragma GCC unroll 32
-  for (int k = 0; k + 1 < NV; ++k) L::store(out + col + k * W, acc[k], all);
+  for (int k = 0; k + 1 < NV; ++k) L::store(out + col + k * W, acc[k]);
   L::store(out + col + (NV - 1) * W, acc[NV - 1], last);
   return true;
 }
@@ -236,7 +251,7 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
 // One function per NV, chosen once per call (dim is the same for every bag): kept out of line,
 // each bag loop has the registers to itself (all tile shapes inlined into one function, GCC
 // spilled the loop's invariants to the stack and to vector registers).
-template <int NV, bool kScaled, typename scalar_t, typename index_t>
+template <int NV, bool kScaled, bool kPadding, typename scalar_t, typename index_t>
 MYBAG_AVX512 __attribute__((noinline)) bool sum_bags_ending_in(
     const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first, int64_t last) {
   using L = Lanes<scalar_t>;
@@ -249,21 +264,21 @@ MYBAG_AVX512 __attribute__((noinline)) bool sum_bags_ending_in(
     const auto r = bag_range(a, bag, distance);
     scalar_t* out = a.output + bag * a.dim;
     for (int64_t t = 0; t < full_tiles; ++t) {
-      if (!sum_tile<kSumTile, kScaled>(r, t * kSumTile * W, all, mean, out)) return false;
+      if (!sum_tile<kSumTile, kScaled, kPadding>(r, t * kSumTile * W, all, mean, out)) return false;
     }
-    if (!sum_tile<NV, kScaled>(r, full_tiles * kSumTile * W, tail, mean, out)) return false;
+    if (!sum_tile<NV, kScaled, kPadding>(r, full_tiles * kSumTile * W, tail, mean, out)) return false;
   }
   return true;
 }
 
 // Runs sum_bags_ending_in<NV> for NV = n (1..kSumTile).
-template <int NV, bool kScaled, typename scalar_t, typename index_t>
+template <int NV, bool kScaled, bool kPadding, typename scalar_t, typename index_t>
 MYBAG_AVX512_INLINE bool sum_bags_ending(int n, const ForwardArgs<scalar_t, index_t>& a,
                                          bool mean, int64_t first, int64_t last) {
   if constexpr (NV > 1) {
-    if (n < NV) return sum_bags_ending<NV - 1, kScaled>(n, a, mean, first, last);
+    if (n < NV) return sum_bags_ending<NV - 1, kScaled, kPadding>(n, a, mean, first, last);
   }
-  return sum_bags_ending_in<NV, kScaled>(a, mean, first, last);
+  return sum_bags_ending_in<NV, kScaled, kPadding>(a, mean, first, last);
 }
 
 template <bool kScaled, typename scalar_t, typename index_t>
@@ -272,7 +287,9 @@ MYBAG_AVX512 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, i
   constexpr int W = Lanes<scalar_t>::kWidth;
   const int64_t vectors = (a.dim + W - 1) / W;
   const int64_t last_tile = vectors - (vectors - 1) / kSumTile * kSumTile;  // 1..kSumTile
-  return sum_bags_ending<kSumTile, kScaled>(static_cast<int>(last_tile), a, mean, first, last);
+  const int n = static_cast<int>(last_tile);
+  return a.padding_idx >= 0 ? sum_bags_ending<kSumTile, kScaled, true>(n, a, mean, first, last)
+                            : sum_bags_ending<kSumTile, kScaled, false>(n, a, mean, first, last);
 }
 
 }  // namespace
