@@ -33,8 +33,12 @@ void sum_or_mean(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t fir
       const int64_t row = a.indices[i];
       if (row == a.padding_idx) continue;
       ++count;
-      const acc_t scale = a.per_sample_weights ? acc_t(a.per_sample_weights[i]) : acc_t(1);
-      add_scaled_row(acc.data(), a.weight + row * a.row_stride, a.col_stride, a.dim, scale);
+      const scalar_t* values = a.weight + row * a.row_stride;
+      if (a.per_sample_weights != nullptr) {
+        fma_row(acc.data(), values, a.col_stride, a.dim, acc_t(a.per_sample_weights[i]));
+      } else {
+        add_scaled_row(acc.data(), values, a.col_stride, a.dim, acc_t(1));
+      }
     }
     const acc_t divisor = (mean && count > 0) ? acc_t(count) : acc_t(1);
     scalar_t* out = a.output + bag * a.dim;

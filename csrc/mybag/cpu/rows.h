@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 namespace mybag::cpu {
@@ -22,6 +23,18 @@ inline void add_scaled_row(acc_t* __restrict__ acc, const scalar_t* __restrict__
     for (int64_t d = 0; d < dim; ++d) {
       acc[d] += scale * static_cast<acc_t>(row[d * col_stride]);
     }
+  }
+}
+
+// acc[d] = fma(weight, row[d * col_stride], acc[d]): the forward's weighted sum, one rounding
+// per element, the same bits as the SIMD kernels' fused multiply-add. (On x86 this loop is
+// compiled for baseline x86-64 and std::fma is a libm call: it serves only CPUs without AVX2
+// and FMA, strided tables, and MYBAG_CPU_SIMD=0.)
+template <typename acc_t, typename scalar_t>
+inline void fma_row(acc_t* __restrict__ acc, const scalar_t* __restrict__ row,
+                    int64_t col_stride, int64_t dim, acc_t weight) {
+  for (int64_t d = 0; d < dim; ++d) {
+    acc[d] = std::fma(weight, static_cast<acc_t>(row[d * col_stride]), acc[d]);
   }
 }
 

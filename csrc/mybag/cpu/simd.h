@@ -7,7 +7,8 @@
 // for strided rows), and run their portable loops otherwise.
 //
 // The kernels add in the same order as the portable loops (entry order, per feature) with the
-// same operations (multiply, then add: no FMA), so both give the same bits.
+// same operations (a plain add, or for per_sample_weights one fused multiply-add, as FBGEMM's
+// weighted sum: std::fma in the portable loops), so both give the same bits.
 #pragma once
 
 #include <c10/util/BFloat16.h>

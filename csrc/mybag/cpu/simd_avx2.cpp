@@ -7,6 +7,9 @@
 // rows straight from the table, and is stored once at the end, converted to weight's dtype. The
 // last tile carries the row's remainder (dim % lanes) as one partial vector. Each tile
 // prefetches its own columns of the row a few entries ahead, and checks each index it reads.
+// GCC's intrinsics are plain vector operators, which it would contract into FMAs.
+#pragma GCC optimize("fp-contract=off")
+
 #include "mybag/cpu/simd.h"
 
 #include <c10/util/Exception.h>
@@ -36,7 +39,8 @@ bool use_avx2() {
       return false;
     }
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+           __builtin_cpu_supports("fma");
   }();
   return enabled;
 #else
@@ -46,10 +50,11 @@ bool use_avx2() {
 
 #if MYBAG_AVX2_KERNELS
 
-// No "fma" in the target: GCC would contract a multiply and an add into one FMA, whose single
-// rounding gives other bits than the portable loops' two.
-#define MYBAG_AVX2 __attribute__((target("avx2,f16c")))
-#define MYBAG_AVX2_INLINE __attribute__((target("avx2,f16c"), always_inline)) inline
+// FMA is in the target for the weighted sum's explicit fmadd (one rounding, as the portable
+// loops' std::fma). Contraction is off (the pragma at the top): a multiply and an add written
+// apart stay apart, so no other sum changes bits behind our back.
+#define MYBAG_AVX2 __attribute__((target("avx2,f16c,fma")))
+#define MYBAG_AVX2_INLINE __attribute__((target("avx2,f16c,fma"), always_inline)) inline
 
 namespace {
 
@@ -75,6 +80,8 @@ struct FloatLanes {
   static MYBAG_AVX2_INLINE vec set1(float x) { return _mm256_set1_ps(x); }
   static MYBAG_AVX2_INLINE vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
   static MYBAG_AVX2_INLINE vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  // a * b + c, rounded once.
+  static MYBAG_AVX2_INLINE vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
   static MYBAG_AVX2_INLINE vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
   // Lanes where max mode's scalar rule `!isnan(best) && (v > best || isnan(v))` holds.
   static MYBAG_AVX2_INLINE vec takes(vec v, vec best) {
@@ -196,6 +203,7 @@ struct Lanes<double> {
   static MYBAG_AVX2_INLINE vec set1(double x) { return _mm256_set1_pd(x); }
   static MYBAG_AVX2_INLINE vec add(vec a, vec b) { return _mm256_add_pd(a, b); }
   static MYBAG_AVX2_INLINE vec mul(vec a, vec b) { return _mm256_mul_pd(a, b); }
+  static MYBAG_AVX2_INLINE vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_pd(a, b, c); }
   static MYBAG_AVX2_INLINE vec div(vec a, vec b) { return _mm256_div_pd(a, b); }
   static MYBAG_AVX2_INLINE vec takes(vec v, vec best) {
     const vec better =
@@ -260,20 +268,20 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t co
 #pragma GCC unroll 16
         for (int k = 0; k + 1 < NV; k += 2) {
           const __m256i bits = L::pair_bits(values + k * W);
-          acc[k] = L::add(acc[k], L::mul(scale, L::even(bits)));
-          acc[k + 1] = L::add(acc[k + 1], L::mul(scale, L::odd(bits)));
+          acc[k] = L::fmadd(scale, L::even(bits), acc[k]);
+          acc[k + 1] = L::fmadd(scale, L::odd(bits), acc[k + 1]);
         }
         if constexpr (NV % 2 == 1) {
-          acc[NV - 1] = L::add(acc[NV - 1], L::mul(scale, L::load(values + (NV - 1) * W)));
+          acc[NV - 1] = L::fmadd(scale, L::load(values + (NV - 1) * W), acc[NV - 1]);
         }
       } else {
 #pragma GCC unroll 16
         for (int k = 0; k < NV; ++k) {
-          acc[k] = L::add(acc[k], L::mul(scale, L::load(values + k * W)));
+          acc[k] = L::fmadd(scale, L::load(values + k * W), acc[k]);
         }
       }
       if constexpr (Part) {
-        acc[NV] = L::add(acc[NV], L::mul(scale, L::load_part(values + NV * W, part)));
+        acc[NV] = L::fmadd(scale, L::load_part(values + NV * W, part), acc[NV]);
       }
     } else {
       if constexpr (kPairs) {

@@ -11,12 +11,13 @@
 // (and masked store) whose mask covers the columns left (all of them when dim is a multiple of
 // the width), so a tile is specialized only on its number of vectors, and the shape of the last
 // tile is chosen once per call. Each tile prefetches its own columns of the row a few entries
-// ahead, one prefetch per 64-byte line.
+// ahead, one prefetch per 64-byte line, placed among the row's loads.
 //
-// Same bits as the portable loops and the AVX2 kernels: entry order, per column, a multiply and
-// then an add, never an FMA. AVX-512F implies FMA, and GCC's intrinsics are plain vector
-// operators that it would contract, so contraction is off for this file (the pragma below):
-// no FMA is left: GCC 12 emits 1216 vfmadd in this file without the pragma, none with it.
+// Same bits as the portable loops and the AVX2 kernels: entry order, per column; a plain sum
+// adds, a weighted sum does one fused multiply-add per element (the portable loops' std::fma).
+// GCC's intrinsics are plain vector operators that it would otherwise contract on its own
+// (1216 vfmadd in this file without the pragma below): contraction is off, and the only FMAs
+// are the explicit fmadd calls.
 #pragma GCC optimize("fp-contract=off")
 // GCC 12's own _mm512_undefined_ps (in cvtph/mul intrinsics) trips -Wmaybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -59,7 +60,7 @@ bool use_avx512() {
 
 #if MYBAG_AVX512_KERNELS
 
-#define MYBAG_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx2,f16c"
+#define MYBAG_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx2,f16c,fma"
 #define MYBAG_AVX512 __attribute__((target(MYBAG_AVX512_TARGET)))
 #define MYBAG_AVX512_INLINE __attribute__((target(MYBAG_AVX512_TARGET), always_inline)) inline
 
@@ -82,6 +83,10 @@ struct FloatLanes {
   }
   static MYBAG_AVX512_INLINE vec mul(vec a, vec b) {
     return _mm512_mul_ps(a, b);
+  }
+  // a * b + c, rounded once.
+  static MYBAG_AVX512_INLINE vec fmadd(vec a, vec b, vec c) {
+    return _mm512_fmadd_ps(a, b, c);
   }
   static MYBAG_AVX512_INLINE vec div(vec a, vec b) {
     return _mm512_div_ps(a, b);
@@ -176,6 +181,9 @@ struct Lanes<double> {
   static MYBAG_AVX512_INLINE vec mul(vec a, vec b) {
     return _mm512_mul_pd(a, b);
   }
+  static MYBAG_AVX512_INLINE vec fmadd(vec a, vec b, vec c) {
+    return _mm512_fmadd_pd(a, b, c);
+  }
   static MYBAG_AVX512_INLINE vec div(vec a, vec b) {
     return _mm512_div_pd(a, b);
   }
@@ -232,7 +240,7 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
 #pragma GCC unroll 32
     for (int k = 0; k < NV; ++k) {
       const vec v = k + 1 < NV ? L::load(values + k * W) : L::load(values + k * W, last);
-      acc[k] = L::add(acc[k], kScaled ? L::mul(scale, v) : v);
+      acc[k] = kScaled ? L::fmadd(scale, v, acc[k]) : L::add(acc[k], v);
       if ((k * kVectorBytes) % 64 == 0) _mm_prefetch(next + k * kVectorBytes, _MM_HINT_T0);
     }
   }
