@@ -9,21 +9,26 @@
 #include <c10/macros/Macros.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "mybag/forward_args.h"
 
 namespace mybag::cpu {
 
-// Entries to look ahead: rows are requested about 8 KiB of row data before their use, 4 to 32
-// entries ahead. Measured in a standalone harness against FBGEMM's JIT kernel (torch's sum), same
-// data, interleaved: 4 KiB ahead left float rows of 512 bytes at 0.91-0.95x of it on cached and
-// Zipf tables, 8 KiB (16 entries, FBGEMM's fixed distance) at 0.97-1.01x; rows of 2 KiB do best
-// at 4 entries (FBGEMM's 16 is 5-9% slower there), rows of 64 bytes at 32 (16: 0.94x on a 1M
-// table). Before that, 2 KiB -> 4 KiB took a 2M x 128 float table from 0.75x to 0.9x of torch.
+// Entries to look ahead: 8 KiB of rows ahead up to 16 entries, and at least 2 KiB up to 32 (so
+// 32 entries for rows of 64 bytes, 16 for 128 to 512 bytes, 4 for 2 KiB). Measured in a
+// standalone harness calling torch's own FBGEMM kernel (fixed at 16 entries) on the same data,
+// interleaved: 4 KiB ahead left rows of 512 bytes at 0.91-0.95x of it on cached and Zipf
+// tables, 16 entries 0.97-1.0x; rows of 256 bytes went from 0.85-0.94x at 32 entries to 0.98x
+// at 16; rows of 2 KiB do best at 4 (16 is 5-9% slower); rows of 64 bytes on a 1M-row table
+// want 32 (16: 0.94x). Before that, 2 KiB -> 4 KiB ahead took a 2M x 128 float table from 0.75x
+// to 0.9x of torch.
 inline int64_t prefetch_distance(int64_t row_bytes) {
-  const int64_t entries = 8192 / (row_bytes > 0 ? row_bytes : 1);
-  return entries < 4 ? 4 : (entries > 32 ? 32 : entries);
+  const int64_t bytes = row_bytes > 0 ? row_bytes : 1;
+  const int64_t far = std::min<int64_t>(8192 / bytes, 16);
+  const int64_t near = std::min<int64_t>(2048 / bytes, 32);
+  return std::max<int64_t>(4, std::max(far, near));
 }
 
 template <typename scalar_t, typename index_t>
@@ -36,8 +41,14 @@ struct BagRange {
   int64_t padding_idx;
   int64_t begin;
   int64_t end;
-  int64_t prefetch_last;  // entries i < prefetch_last prefetch entry i + distance
+  int64_t prefetch_last;  // entries i < prefetch_last prefetch entry i + distance (< N)
   int64_t distance;
+
+  template <typename layout_t>
+  C10_ALWAYS_INLINE void select(const layout_t& layout, int64_t bag) {
+    begin = layout.begin(bag);
+    end = layout.end(bag);
+  }
 
   C10_ALWAYS_INLINE bool out_of_range(int64_t row) const {
     return static_cast<uint64_t>(row) >= static_cast<uint64_t>(num_weights);
@@ -68,14 +79,15 @@ struct BagRange {
   }
 };
 
+// The call's fields, made once per call; a kernel then sets begin and end per bag with
+// select(). (Rebuilt per bag, the struct cost about 10% of a bag of 20 cached rows against
+// FBGEMM's kernel, 25% for bags of 5.)
 template <typename scalar_t, typename index_t>
 C10_ALWAYS_INLINE BagRange<scalar_t, index_t> bag_range(const ForwardArgs<scalar_t, index_t>& a,
-                                                        int64_t bag, int64_t distance) {
-  const int64_t begin = a.layout.begin(bag);
-  const int64_t end = a.layout.end(bag);
-  const int64_t last = a.layout.num_indices - distance;
-  return {a.weight,     a.indices, a.per_sample_weights, a.row_stride, a.num_weights,
-          a.padding_idx, begin,    end,                  end < last ? end : last, distance};
+                                                        int64_t distance) {
+  return {a.weight,      a.indices, a.per_sample_weights, a.row_stride, a.num_weights,
+          a.padding_idx, 0,         0,                    a.layout.num_indices - distance,
+          distance};
 }
 
 }  // namespace mybag::cpu

@@ -431,8 +431,9 @@ MYBAG_AVX2 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, int
   const int64_t distance = prefetch_distance(a.dim * static_cast<int64_t>(sizeof(scalar_t)));
   const int64_t full = a.dim / W;
   const int part = static_cast<int>(a.dim % W);
+  auto r = bag_range(a, distance);
   for (int64_t bag = first; bag < last; ++bag) {
-    const auto r = bag_range(a, bag, distance);
+    r.select(a.layout, bag);
     scalar_t* out = a.output + bag * a.dim;
     int64_t done = 0;  // full vectors
     while (full - done > kSumTile || (full - done == kSumTile && part == 0)) {
@@ -453,8 +454,9 @@ MYBAG_AVX2 bool max_bags(const ForwardArgs<scalar_t, index_t>& a, int64_t first,
   const int64_t distance = prefetch_distance(a.dim * static_cast<int64_t>(sizeof(scalar_t)));
   const int64_t full = a.dim / W;
   const int part = static_cast<int>(a.dim % W);
+  auto r = bag_range(a, distance);
   for (int64_t bag = first; bag < last; ++bag) {
-    const auto r = bag_range(a, bag, distance);
+    r.select(a.layout, bag);
     scalar_t* out = a.output + bag * a.dim;
     int64_t* out_winner = a.max_indices + bag * a.dim;
     int64_t done = 0;

@@ -268,8 +268,18 @@ MYBAG_AVX512 __attribute__((noinline)) bool sum_bags_ending_in(
   const int64_t full_tiles = (a.dim - 1) / (W * kSumTile);
   const auto all = L::first(W);
   const auto tail = L::first(static_cast<int>(a.dim - (full_tiles * kSumTile + NV - 1) * W));
+  auto r = bag_range(a, distance);
+  if (full_tiles == 0) {  // rows of one tile (up to 256 floats): a loop of its own, lighter
+    for (int64_t bag = first; bag < last; ++bag) {
+      r.select(a.layout, bag);
+      if (!sum_tile<NV, kScaled, kPadding>(r, 0, tail, mean, a.output + bag * a.dim)) {
+        return false;
+      }
+    }
+    return true;
+  }
   for (int64_t bag = first; bag < last; ++bag) {
-    const auto r = bag_range(a, bag, distance);
+    r.select(a.layout, bag);
     scalar_t* out = a.output + bag * a.dim;
     for (int64_t t = 0; t < full_tiles; ++t) {
       if (!sum_tile<kSumTile, kScaled, kPadding>(r, t * kSumTile * W, all, mean, out)) return false;
