@@ -1,8 +1,8 @@
 """Shared fixtures and reference helpers for mybag's tests.
 
 The reference here (``reference_embedding_bag``, ``reference_weight_grad``, ...) is written from
-SPEC.md in plain torch, in float64 on the CPU, one bag at a time: slow and obvious, so that it can
-be trusted where mybag deliberately differs from torch (include_last_offset, NaN in max mode,
+docs/spec.md in plain torch, in float64 on the CPU, one bag at a time: slow and obvious, so that
+it can be trusted where mybag deliberately differs from torch (include_last_offset, NaN in max mode,
 scale_grad_by_freq, sparse + scale_grad_by_freq).
 
 Test modules import the helpers with ``from conftest import ...`` (pytest puts ``tests/`` on
@@ -215,12 +215,12 @@ def random_grad(shape, dtype, device="cpu", seed=1) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference (SPEC.md semantics), float64 on the CPU
+# Reference (docs/spec.md §2-§5), float64 on the CPU
 
 
 def bag_positions(input, offsets=None, include_last_offset=False) -> list[list[int]]:
     """Positions in ``input.flatten()`` of each bag's entries. The last bag ends at len(input),
-    with or without include_last_offset (SPEC §2)."""
+    with or without include_last_offset (docs/spec.md §2)."""
     if input.dim() == 2:
         b, length = input.shape
         return [list(range(i * length, (i + 1) * length)) for i in range(b)]
@@ -239,7 +239,7 @@ def _pad_row(padding_idx, num_embeddings):
 
 
 def reference_renorm(weight, input, max_norm, norm_type=2.0) -> torch.Tensor:
-    """The weight after max_norm (SPEC §4), as a new tensor of weight's dtype (CPU)."""
+    """The weight after max_norm (docs/spec.md §4), as a new tensor of weight's dtype (CPU)."""
     w = weight.detach().cpu().double().clone()
     for r in sorted(set(input.flatten().tolist())):
         norm = w[r].norm(p=norm_type)
@@ -281,7 +281,7 @@ def reference_embedding_bag(
     include_last_offset=False,
     padding_idx=None,
 ) -> torch.Tensor:
-    """Forward per SPEC §2-3, computed in float64, returned in weight's dtype on the CPU."""
+    """Forward per docs/spec.md §2-§3, in float64, returned in weight's dtype on the CPU."""
     num, dim = weight.shape
     w64 = weight.detach().cpu().double()
     psw = _flat64(per_sample_weights)
@@ -300,7 +300,7 @@ def reference_embedding_bag(
         elif mode == "mean":
             out[b] = vals.sum(0) / len(rows)
         elif mode == "max":
-            out[b] = vals.max(0).values  # NaN anywhere -> NaN (SPEC §3)
+            out[b] = vals.max(0).values  # NaN anywhere -> NaN (docs/spec.md §3)
         else:
             raise ValueError(mode)
     return out.to(weight.dtype)
@@ -317,7 +317,7 @@ def reference_weight_grad(
     padding_idx=None,
     scale_grad_by_freq=False,
 ) -> torch.Tensor:
-    """Dense gradient w.r.t. weight per SPEC §5, float64 (num_embeddings, D) on the CPU.
+    """Dense gradient w.r.t. weight per docs/spec.md §5, float64 (num_embeddings, D) on the CPU.
     ``weight`` is the weight the forward used (after any renorm); max mode needs it."""
     num, dim = weight.shape
     w64 = weight.detach().cpu().double()

@@ -1,4 +1,4 @@
-"""torch.compile (SPEC.md §7): forward and backward compile with fullgraph=True (so no graph
+"""torch.compile (docs/spec.md §7): forward and backward compile with fullgraph=True (so no graph
 break) and with dynamic=True, and give what eager torch gives: output, weight gradient,
 per_sample_weights gradient, and the in-place max_norm renormalization of weight.
 
@@ -75,7 +75,7 @@ def make_inputs(case: Case, num_bags=3, bag_len=3, seed=0):
         for n in lengths[:-1]:
             starts.append(starts[-1] + n)
         if case.include_last_offset:
-            starts.append(sum(lengths))  # the last bag ends at N (SPEC.md §2)
+            starts.append(sum(lengths))  # the last bag ends at N (docs/spec.md §2)
         offsets = torch.tensor(starts, dtype=case.index_dtype)
     if case.padding_idx is not None:
         inp.view(-1)[[0, 2]] = case.padding_idx % NUM_EMBEDDINGS

@@ -116,7 +116,7 @@ def test_simd_matches_portable_loops_bit_for_bit(portable, simd_setting, tmp_pat
                          make_cases(), ids=lambda x: x if isinstance(x, str) else "")
 def test_against_torch(name, weight, input, offsets, mode, padding_idx, psw):
     if "nan" in name:
-        pytest.skip("torch keeps a NaN only when it comes first (SPEC.md §3)")
+        pytest.skip("torch keeps a NaN only when it comes first (docs/spec.md §3)")
     expected = F.embedding_bag(input.long(), weight, offsets.long(), mode=mode,
                                padding_idx=padding_idx, per_sample_weights=psw)
     got = mybag.embedding_bag(input, weight, offsets, mode=mode, padding_idx=padding_idx,

@@ -1,8 +1,8 @@
-"""Bad input (SPEC.md §6): the right exception type, a message naming the argument and the bad
+"""Bad input (docs/spec.md §6): the right exception type, a message naming the argument and the bad
 value, nothing modified (weight included, when max_norm is set), and a library that keeps working.
 
 Also: the internal operators called directly with garbage raise instead of crashing, and double
-backward fails with a clear error (SPEC.md §5).
+backward fails with a clear error (docs/spec.md §5).
 """
 
 import re
@@ -649,7 +649,7 @@ def test_meta_kernels_reject_bad_shapes_and_dtypes(case_id, fn, exc, parts):
 
 
 # ---------------------------------------------------------------------------------------------
-# Double backward: not supported, and says so (SPEC.md §5).
+# Double backward: not supported, and says so (docs/spec.md §5).
 
 # Names the op (torch's own wording: "the derivative for '_embedding_bag_backward' is not
 # implemented") and says the derivative is missing.

@@ -466,7 +466,7 @@ def test_backward_through_unlifted_module(kind, mode, program_kind):
                          ids=["sparse", "scale_grad_by_freq"])
 def test_backward_options_through_unlifted_module(options, mode):
     """sparse (a sparse COO gradient) and scale_grad_by_freq survive export. Compared with
-    eager mybag (SPEC §5 and test_gradients check those against references)."""
+    eager mybag (docs/spec.md §5 and test_gradients check those against references)."""
     model = build("bag_linear", mode, "mybag", **options)
     args = make_args("bag_linear", EXAMPLE_SIZE["1d"])
     program = torch.export.export(copy.deepcopy(model), args,
@@ -559,7 +559,7 @@ def _max_norm_models():
 
 def _check_renormed(weight_after, weight_before, indices):
     """weight_after is weight_before with each row referenced by indices whose 2-norm exceeds
-    max_norm scaled by max_norm / (norm + 1e-7) (SPEC §4), and at least one row moved."""
+    max_norm scaled by max_norm / (norm + 1e-7) (docs/spec.md §4), and at least one row moved."""
     expected = weight_before.detach().clone()
     for row in sorted(set(indices.flatten().tolist())):
         norm = expected[row].norm()

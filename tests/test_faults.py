@@ -225,7 +225,7 @@ def test_internal_backward_ops_fail_cleanly(device, mode):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_index_with_max_norm_leaves_weight_bitwise(device):
-    # torch renormalizes first and fails afterwards (SPEC §4); mybag validates first.
+    # torch renormalizes first and fails afterwards (docs/spec.md §4); mybag validates first.
     w = (torch.randn(50, 16, device=device) * 10)
     before = w.clone()
     for bad in ([3, 50], [-1, 3], [3, 2**40]):

@@ -5,11 +5,11 @@ offsets holding empty and long bags or 2-D input, include_last_offset, padding_i
 per_sample_weights, max_norm/norm_type, scale_grad_by_freq, sparse, weight values with or without
 ties) and checks forward, the weight gradient and the per_sample_weights gradient:
 
-- always against the hand-computed SPEC reference in conftest.py (float64, one bag at a time);
-- against torch.nn.functional.embedding_bag wherever SPEC says torch is right (not: CPU
+- always against the hand-computed reference in conftest.py (float64, one bag at a time);
+- against torch.nn.functional.embedding_bag wherever docs/spec.md says torch is right (not: CPU
   scale_grad_by_freq gradients, torch#190063; sparse + scale_grad_by_freq, which torch rejects;
   include_last_offset with offsets[-1] != len(input); NaN in max mode; ties in max mode);
-- against itself: a second identical call gives the same bits (SPEC §5, determinism).
+- against itself: a second identical call gives the same bits (docs/spec.md §5, determinism).
 
 Budget: the "ci" profile (default) runs a bounded, derandomized number of examples, so CI is
 reproducible. A long campaign (docs/reliability.md):
@@ -150,8 +150,8 @@ def calls(draw, device="cpu", allow_nan=False):
             starts = []
         include_last_offset = draw(st.booleans())
         if include_last_offset:
-            # SPEC §2: the last bag ends at len(input) whatever offsets[-1] says (torch CPU reads
-            # offsets[-1]; only offsets[-1] == len(input) is comparable with torch).
+            # docs/spec.md §2: the last bag ends at len(input) whatever offsets[-1] says (torch
+            # CPU reads offsets[-1]; only offsets[-1] == len(input) is comparable with torch).
             last = n
             if sizes and draw(st.integers(0, 4)) == 0:
                 last = draw(st.integers(starts[-1], n))
@@ -167,7 +167,7 @@ def calls(draw, device="cpu", allow_nan=False):
         length = draw(st.integers(0, 9))
         inp = torch.randint(0, num, (b, length), generator=g)
         offsets = None
-        include_last_offset = draw(st.booleans())  # ignored for 2-D input (SPEC §2)
+        include_last_offset = draw(st.booleans())  # ignored for 2-D input (docs/spec.md §2)
 
     # Frequently repeated rows (scale_grad_by_freq, max ties, gradient accumulation).
     if inp.numel() and draw(st.booleans()):
@@ -283,7 +283,7 @@ def check_call(case: Case, extra: dict, flags: dict, device: str, against_torch=
     assert mine.output.shape == (num_bags, case.weight.shape[1]), msg
     assert mine.output.dtype == dtype and mine.output.device.type == device, msg
 
-    # Reference (SPEC): the weight the forward used is mine.weight (renormed under max_norm).
+    # Reference (conftest.py): the weight the forward used is mine.weight (renormed under max_norm).
     if "max_norm" in extra and case.weight.shape[1] == 0:
         assert mine.weight.shape == case.weight.shape, msg  # nothing to scale
     elif "max_norm" in extra:
@@ -307,7 +307,7 @@ def check_call(case: Case, extra: dict, flags: dict, device: str, against_torch=
 
     if not against_torch:
         return
-    # torch, where SPEC says it is right.
+    # torch, where docs/spec.md says it is right.
     if flags["last_offset_short"]:
         return
     if case.weight.shape[1] == 0:
@@ -323,7 +323,7 @@ def check_call(case: Case, extra: dict, flags: dict, device: str, against_torch=
     else:
         compare_grad = True
     if extra.get("sparse") and extra.get("scale_grad_by_freq"):
-        return  # torch rejects the pair (SPEC §5)
+        return  # torch rejects the pair (docs/spec.md §5)
     if extra.get("scale_grad_by_freq") and device == "cpu":
         compare_grad = False  # torch#190063
     theirs = run_embedding_bag(F.embedding_bag, case, grad_output, **extra)
@@ -366,7 +366,7 @@ def test_fuzz_against_torch_and_reference(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_nan_and_inf_weights_against_reference(device):
-    # NaN and +-inf in the table: compared with the SPEC reference only (torch keeps a NaN in
+    # NaN and +-inf in the table: compared with the reference only (torch keeps a NaN in
     # max mode only when it comes first in the bag).
     @fuzz_settings(0.25)
     @given(call=calls(device=device, allow_nan=True))
@@ -508,9 +508,9 @@ def test_sparse_scale_grad_by_freq_all_padding_bag(device):
 def test_renorm_inf_norm_with_nan_row_is_left_alone(device, norm_type):
     # Regression: found by test_fuzz_nan_and_inf_weights_against_reference in bf668a5, where
     # max_norm with norm_type=+-inf ignored a NaN in the row (std::max/std::min drop NaN) and
-    # scaled [1.541, nan] to [0.5, nan]. torch (and SPEC §4: only a row whose norm *exceeds*
-    # max_norm is scaled; NaN exceeds nothing) leaves it as it is. Fixed by 13a25f1 (row_norm.h:
-    # a NaN wins the +-inf norm).
+    # scaled [1.541, nan] to [0.5, nan]. torch (and docs/spec.md §4: only a row whose norm
+    # *exceeds* max_norm is scaled; NaN exceeds nothing) leaves it as it is. Fixed by 13a25f1
+    # (row_norm.h: a NaN wins the +-inf norm).
     w = torch.tensor([[1.541, math.nan], [3.0, 4.0]], device=device)
     theirs = w.clone()
     mybag.embedding_bag(torch.tensor([0, 1], device=device), w, torch.tensor([0], device=device),

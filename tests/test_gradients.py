@@ -293,7 +293,7 @@ def test_deterministic(device, mode, psw, sparse, scale_grad_by_freq, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# Half types accumulate in float32 and round once (SPEC §3), forward and backward
+# Half types accumulate in float32 and round once (docs/spec.md §3), forward and backward
 
 
 @pytest.mark.parametrize("device", DEVICES)

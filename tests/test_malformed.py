@@ -5,14 +5,14 @@ uint8, int8/16/32/64, float, complex), 0-3 dims, empty tensors, huge (2**62) and
 NaN/inf weights, non-contiguous views (transposes, stepped slices) and overlapping views
 (expand, as_strided with stride 0), wrong offsets (first != 0, decreasing, past the end),
 per_sample_weights of the wrong shape or dtype, unknown modes, out-of-range padding_idx, odd
-max_norm/norm_type, tensors on other devices. An independent oracle written from SPEC.md sorts
+max_norm/norm_type, tensors on other devices. An independent oracle written from docs/spec.md sorts
 each call into
 
 - must raise: mybag raises one of (RuntimeError, ValueError, IndexError, TypeError,
   NotImplementedError) with a non-empty message, and the weight's storage is bitwise unchanged;
-- must work: the result (forward, and backward when the weight is floating) equals the SPEC
-  reference in conftest.py; torch is called too where SPEC says it agrees;
-- either (edges SPEC leaves open, e.g. max_norm of NaN, an expanded weight with max_norm): an
+- must work: the result (forward, and backward when the weight is floating) equals the
+  reference in conftest.py; torch is called too where docs/spec.md says it agrees;
+- either (edges the oracle leaves open, e.g. max_norm of NaN, an expanded weight with max_norm): an
   exception as above, or a result equal to the reference.
 
 torch itself is only called on inputs the oracle deems valid: on garbage it may crash or read
@@ -241,7 +241,7 @@ def calls(draw, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# The oracle (SPEC.md), independent of mybag's code.
+# The oracle (docs/spec.md §2-§6), independent of mybag's code.
 
 MUST_RAISE, MUST_WORK, EITHER = "must raise", "must work", "either"
 
@@ -295,7 +295,7 @@ def classify(c) -> str:
         if w.numel() and (w.stride(0) == 0 or w.stride(1) == 0) and w.shape[0] > 1:
             return EITHER  # in-place renorm of an expanded (self-overlapping) table
         if c["norm_type"] <= 0 or w.shape[1] == 0:
-            return EITHER  # p <= 0 "norms" and empty rows: SPEC is silent
+            return EITHER  # p <= 0 "norms" and empty rows: not decided here
     return MUST_WORK
 
 
@@ -356,7 +356,7 @@ def check_one(c, device):
         return
     assert verdict != MUST_RAISE, f"no exception on invalid input: {desc}"
     COUNTS["worked"] += 1
-    # It worked: the result is SPEC's. The renorm (max_norm) is the only allowed write, and
+    # It worked: the result is the reference's. The renorm (max_norm) is the only allowed write, and
     # only into the weight's storage.
     _bases_unchanged(dict(c, wbase=None), [None] + before[1:])
     ilo = c["include_last_offset"] and c["input"].dim() == 1
@@ -385,7 +385,7 @@ def check_one(c, device):
         assert_close(got, expected_grad, dtype=wref.dtype, scale=4.0, msg=str(desc))
     if verdict != MUST_WORK or c["max_norm"] is not None:
         return
-    # torch where SPEC says it agrees: finite tables, offsets[-1] == len(input) under
+    # torch where docs/spec.md says it agrees: finite tables, offsets[-1] == len(input) under
     # include_last_offset, at least one bag and one column.
     offs = c["offsets"]
     if (not torch.isfinite(wref).all() or wref.shape[1] == 0 or out.shape[0] == 0

@@ -562,7 +562,7 @@ def test_adam_training_matches_torch(mode):
     reference = Recommender()
     for table in (reference.tables["user"], reference.tables["item"][0]):
         table.mode = mode
-        table.scale_grad_by_freq = False  # CPU torch has had bugs there (SPEC §5)
+        table.scale_grad_by_freq = False  # CPU torch has had bugs there (docs/spec.md §5)
     model = swap_embedding_bags(copy.deepcopy(reference))
     assert type(model.tables["user"]) is EmbeddingBag
     initial = model.tables["user"].weight.detach().clone()

@@ -1,4 +1,4 @@
-"""torch.library.opcheck for every mybag operator (SPEC.md §7), on every device, and the
+"""torch.library.opcheck for every mybag operator (docs/spec.md §7), on every device, and the
 dispatcher registrations each operator is expected to have."""
 
 import zlib
@@ -65,7 +65,7 @@ class Sample:
             inp = torch.randint(0, NUM_EMBEDDINGS, (9,), generator=gen)
             offsets = [0, 2, 2, 6] if self.empty_bag else [0, 2, 5, 6]
             if self.include_last_offset:
-                offsets = offsets + [9]  # the last bag ends at N (SPEC.md §2)
+                offsets = offsets + [9]  # the last bag ends at N (docs/spec.md §2)
             offsets = torch.tensor(offsets, dtype=self.offsets_dtype or self.index_dtype)
         if self.padding_idx is not None:
             pad_row = self.padding_idx % NUM_EMBEDDINGS
@@ -266,7 +266,7 @@ def test_opcheck_backward_ops_with_requires_grad(name, device):
     """With a grad that requires grad, every opcheck test passes except the one that
     differentiates the op (test_aot_dispatch_dynamic), which fails with the op's own "not
     implemented" error: the backward ops are deliberately not differentiable (double backward is
-    not supported, SPEC.md §5), and say so instead of returning a wrong value."""
+    not supported, docs/spec.md §5), and say so instead of returning a wrong value."""
     args = _backward_args_with_grad_requiring_grad(name, device)
     results = torch.library.opcheck(getattr(ops, name).default, tuple(args),
                                     raise_exception=False)

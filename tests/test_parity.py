@@ -1,5 +1,5 @@
 """Forward and backward parity of mybag.embedding_bag with torch.nn.functional.embedding_bag and
-with the SPEC.md reference in conftest.py.
+with the reference in conftest.py (written from docs/spec.md).
 
 Where mybag deliberately differs from torch (include_last_offset with offsets[-1] < len(input),
 NaN in max mode, 2-D input with no columns, zero bags with a non-empty input) the tests compare
@@ -140,7 +140,7 @@ def test_op_and_function_agree_with_keywords():
 
 
 # ---------------------------------------------------------------------------------------------
-# Seed examples (SPEC / issue)
+# Seed examples (the original issue)
 
 SEED_WEIGHT = [
     [0.1, 0.2, 0.3],
@@ -514,8 +514,8 @@ def test_zero_bags(device, mode, sparse, dtype, layout):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("ilo", [False, True])
 def test_zero_bags_with_nonempty_input(device, mode, ilo):
-    # B = 0 gives (0, D) (SPEC §2) even when input has entries; they belong to no bag. (torch's
-    # CPU backward returns uninitialized memory here.)
+    # B = 0 gives (0, D) (docs/spec.md §2) even when input has entries; they belong to no bag.
+    # (torch's CPU backward returns uninitialized memory here.)
     weight = torch.randn(7, 5, device=device, requires_grad=True)
     input = torch.tensor([1, 2, 3], device=device)
     offsets = torch.tensor([0] if ilo else [], dtype=torch.int64, device=device)

@@ -1,5 +1,6 @@
-"""TorchScript (SPEC.md §7): mybag.embedding_bag, code calling torch.ops.mybag.embedding_bag and
-mybag.EmbeddingBag script, save, load and run forward and backward like eager torch.
+"""TorchScript (docs/spec.md §7): mybag.embedding_bag, code calling
+torch.ops.mybag.embedding_bag and mybag.EmbeddingBag script, save, load and run forward and
+backward like eager torch.
 
 TorchScript is deprecated upstream and warns (DeprecationWarning); the warnings stay warnings.
 """
@@ -202,7 +203,7 @@ def test_script_function_calling_op_with_keywords(tmp_path):
 
 
 def test_script_default_mode_is_mean():
-    """The schema's default mode is "mean" (SPEC.md §1), also for scripted callers."""
+    """The schema's default mode is "mean" (docs/spec.md §1), also for scripted callers."""
     inp, offsets, weight, _ = make_inputs()
     expected = fwd_bwd(lambda i, w, o, p: F.embedding_bag(i, w, o), inp, offsets, weight, None)
     got = fwd_bwd(lambda i, w, o, p: _scripted_default_mode(i, w, o), inp, offsets, weight, None)

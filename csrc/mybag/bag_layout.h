@@ -21,7 +21,7 @@ struct BagLayout {
   }
 
   // The last bag always ends at N: with include_last_offset the final offset is not read (as in
-  // torch's CUDA path and its tests; SPEC.md §2).
+  // torch's CUDA path and its tests; docs/spec.md §2).
   C10_HOST_DEVICE int64_t end(int64_t bag) const {
     if (!offsets) {
       return (bag + 1) * bag_length;

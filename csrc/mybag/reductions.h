@@ -1,5 +1,5 @@
 // Per-entry arithmetic of the bag reductions and their gradients, written once for the CPU and
-// CUDA kernels so both devices follow SPEC.md §3 and §5 to the same rules.
+// CUDA kernels so both devices follow docs/spec.md §3 and §5 to the same rules.
 #pragma once
 
 #include <ATen/NumericUtils.h>

@@ -1,5 +1,5 @@
 """Writes the TorchScript models and the expected values that tests/cpp/test_torchscript.cpp
-checks from C++ with no Python (SPEC.md §7).
+checks from C++ with no Python (docs/spec.md §7).
 
     python tests/cpp/make_scripted_model.py OUTDIR
 

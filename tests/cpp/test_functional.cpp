@@ -1,7 +1,8 @@
 // mybag::embedding_bag (the C++ functional API) against torch::nn::functional::embedding_bag:
 // forward and backward through C++ autograd for every mode, input form, padding_idx,
 // per_sample_weights, weight and index dtype; the Mode overload; sparse gradients; max_norm;
-// scale_grad_by_freq (against a hand-computed value, SPEC.md §5); and the errors of bad input.
+// scale_grad_by_freq (against a hand-computed value, docs/spec.md §5); and the errors of bad
+// input.
 #include <mybag/mybag.h>
 #include <torch/torch.h>
 
@@ -221,7 +222,7 @@ void test_reductions_by_hand() {
   EXPECT_CLOSE(padded, torch::tensor({{-1.0, 5.0}, {0.0, 0.0}, {1.0, -2.0}, {-5.0, 6.0}},
                                      torch::kDouble));
   // include_last_offset: B + 1 offsets give B bags, the last one ending at N even when
-  // offsets[-1] < N (SPEC.md §2; torch's CPU fast path differs, its CUDA path agrees).
+  // offsets[-1] < N (docs/spec.md §2; torch's CPU fast path differs, its CUDA path agrees).
   auto rows = torch::arange(10, torch::kDouble).view({5, 2});  // row r = {2r, 2r + 1}
   EXPECT_EQUAL(mybag::embedding_bag(torch::tensor({1, 2, 3, 4}), rows, torch::tensor({0, 1, 2}), {},
                                      2.0, false, "sum", false, {}, /*include_last_offset=*/true),
@@ -284,7 +285,7 @@ void test_sparse_gradient() {
 }
 
 // weight.grad with scale_grad_by_freq: each row's gradient divided by how often its index occurs
-// in the whole input (SPEC.md §5: computed by hand, not compared with CPU torch).
+// in the whole input (docs/spec.md §5: computed by hand, not compared with CPU torch).
 void test_scale_grad_by_freq() {
   for (const char* mode : {"sum", "mean"}) {
     for (const char* form : {"1d", "2d"}) {
@@ -363,7 +364,7 @@ void test_half_precision() {
 }
 
 void test_max_nan_propagates() {
-  // Beyond torch (SPEC.md §3): a NaN anywhere in a bag makes that feature NaN.
+  // Beyond torch (docs/spec.md §3): a NaN anywhere in a bag makes that feature NaN.
   auto weight = torch::tensor({{1.0f, 2.0f}, {NAN, 0.0f}, {3.0f, -1.0f}});
   auto out = mybag::embedding_bag(torch::tensor({0, 1, 2, 2, 0}), weight, torch::tensor({0, 3}),
                                   {}, 2.0, false, "max");
@@ -394,9 +395,10 @@ void test_no_grad_and_grad_fn() {
   EXPECT(!mybag::embedding_bag(d.input, w, {}, {}, 2.0, false, "sum").requires_grad());
 }
 
-// Double backward is not supported (SPEC.md §5): it fails with an error naming the op, never a
-// silent zero. Both first-order gradients depend on something differentiable (the psw gradient on
-// weight, the weight gradient on grad_out), so a silently detached result would be wrong.
+// Double backward is not supported (docs/spec.md §5): it fails with an error naming the op,
+// never a silent zero. Both first-order gradients depend on something differentiable (the psw
+// gradient on weight, the weight gradient on grad_out), so a silently detached result would be
+// wrong.
 void test_double_backward() {
   const Data d = make_data("1d", std::nullopt, true, torch::kDouble, 61);
   auto w = d.weight.clone().requires_grad_();
@@ -414,7 +416,7 @@ void test_double_backward() {
 }
 
 // --------------------------------------------------------------------------------------------
-// Bad input: the exception types follow torch.nn.functional (SPEC.md §6).
+// Bad input: the exception types follow torch.nn.functional (docs/spec.md §6).
 
 void test_errors() {
   const Data d = make_data("1d", std::nullopt, false, torch::kFloat, 71);
@@ -504,8 +506,8 @@ void test_errors() {
                torch_reference(d, w, Tensor(), "sum", std::nullopt));
 }
 
-// Beyond torch (SPEC.md §4): validation happens before the renorm, so a failed call with max_norm
-// leaves weight untouched (torch renormalizes first).
+// Beyond torch (docs/spec.md §4): validation happens before the renorm, so a failed call with
+// max_norm leaves weight untouched (torch renormalizes first).
 void test_failed_max_norm_leaves_weight() {
   const Data d = make_data("1d", std::nullopt, false, torch::kFloat, 81);
   const auto original = d.weight.clone();
