@@ -171,3 +171,26 @@ def test_byte_model():
     dense = grid.Case("fwd+bwd dense", "sum", "f32", 1000, 16, 5, 32)
     x = inputs.make_inputs(dense, "cpu", inputs.TableCache())
     assert traffic.case_bytes(dense, x) == (160 + 32 + 32 + 1000) * 16 * 4 + 160 * 8 + 32 * 8
+
+
+def test_main_help_says_what_the_command_does():
+    done = subprocess.run(
+        [sys.executable, "-m", "mybag", "--help"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse rewraps; compare words
+    for phrase in [
+        "example calls from the README",
+        "torch.nn.functional.embedding_bag",
+        "side by side",
+        "the output (forward) and the gradients",
+        "sum, mean, max",
+        '"ok" when mybag matches',
+        '"FAIL"',
+        "exit status",
+        "0 every case matches",
+        "1 at least one case differs",
+    ]:
+        assert phrase in text, phrase
+    assert "issue" not in text  # the project's history, not the user's concern

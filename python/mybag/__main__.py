@@ -1,5 +1,5 @@
-"""``python -m mybag``: runs the examples from the original issue through mybag and torch, then a
-quick parity check against ``torch.nn.functional.embedding_bag``.
+"""``python -m mybag``: runs the README's examples through mybag and torch side by side, then
+checks mybag against ``torch.nn.functional.embedding_bag`` over a grid of small cases.
 
 Exit status 0 when every case matches torch (output and gradients), 1 otherwise.
 """
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import mybag  # noqa: F401  (loads the library that registers torch.ops.mybag)
+from mybag._library import build_note
 
 NUM_EMBEDDINGS = 10
 EMBEDDING_DIM = 5
@@ -24,7 +25,7 @@ DTYPES = (torch.float32, torch.float64)
 
 
 def seed_examples() -> None:
-    """The two calls from the issue, through mybag and through torch, printed side by side."""
+    """The README's two example calls, through mybag and through torch, printed side by side."""
     weight = torch.tensor(
         [
             [0.1, 0.2, 0.3],
@@ -159,17 +160,59 @@ def kernel_summary() -> str:
     }
     devices = [key for key, present in registered.items() if present]
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU visible"
-    return f"{', '.join(devices) or 'none'} ({gpu})"
+    note = build_note()
+    return f"{', '.join(devices) or 'none'} ({gpu})" + (f"; build: {note}" if note else "")
+
+
+# The help is the first thing a new user reads: plain words, what runs, what the output and the
+# exit status mean. Kept as preformatted paragraphs (RawDescriptionHelpFormatter).
+DESCRIPTION = """\
+Checks that mybag computes the same results as PyTorch's own embedding_bag.
+
+It does two things:
+
+1. Runs the two example calls from the README ("Usage") through mybag
+   (torch.ops.mybag.embedding_bag) and through PyTorch
+   (torch.nn.functional.embedding_bag) side by side, and prints both
+   results one after the other so that you can compare them by eye.
+
+2. Compares mybag with PyTorch automatically over a grid of small random
+   cases: every mode (sum, mean, max), three ways of passing the indices
+   (1-D with offsets, 1-D with include_last_offset=True, 2-D), with and
+   without padding_idx and per_sample_weights, in float32 and float64.
+   For each case it compares the output (forward) and the gradients
+   (of the weight and of per_sample_weights) with torch.testing.assert_close.
+"""
+
+EPILOG = """\
+output:
+  A first line with the versions of mybag and torch and the library file
+  that was loaded, then which devices (CPU, CUDA) have mybag kernels.
+  Then the two examples, then one line per case: "ok" when mybag matches
+  PyTorch, "FAIL" followed by what differed, and the case's settings
+  ("input=1-D CSR" is 1-D input with include_last_offset=True). The last
+  line counts the cases that match, e.g. "parity: 48/48 cases match ...".
+
+exit status:
+  0  every case matches PyTorch
+  1  at least one case differs or raised an error (see its FAIL line)
+  2  the command line was wrong
+
+To time mybag against PyTorch instead, run: python -m mybag.bench --help
+"""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mybag",
-        description="Runs the issue's examples and a parity check of torch.ops.mybag."
-        "embedding_bag against torch.nn.functional.embedding_bag (forward and gradients).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="print failing cases only")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help='leave out the "ok" lines of matching cases'
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random cases (step 2)")
     args = parser.parse_args(argv)
 
     print(f"mybag {mybag.__version__}, torch {torch.__version__}, library {mybag.library_path()}")
