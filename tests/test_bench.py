@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import mybag
 import mybag.bench
 import pytest
 import torch
-from mybag.bench import cli, grid, inputs, traffic
+from mybag.bench import cli, grid, inputs, plot, traffic
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -44,17 +45,46 @@ def _check_rows(rows: list[dict], names: list[str]) -> None:
         )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mybag.bench", *args],
+        check=False, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _named_files(stdout: str) -> list[str]:
+    return [line[len("wrote ") :] for line in stdout.splitlines() if line.startswith("wrote ")]
+
+
+def _check_png(path) -> None:
+    data = open(path, "rb").read()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert 600 <= width <= 3000 and 200 <= height <= 6000, (width, height)
+    if importlib.util.find_spec("PIL") is not None:  # matplotlib's own dependency
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.verify()  # the whole file decodes, not just its header
+
+
 def test_command_line_writes_csv_json_and_plot(tmp_path):
     out = tmp_path / "bench"
     names = [c.name for c in grid.select(grid.tiny_grid(), "f32", "cpu")]
     assert len(names) == 3
-    done = subprocess.run(
-        [sys.executable, "-m", "mybag.bench", "--tiny", "--filter", "f32", "--out", str(out)],
-        check=False, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = _bench("--tiny", "--filter", "f32", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "geometric-mean speed-up" in done.stdout
     assert "3/3" in done.stderr  # the progress bar reached the end
+    # Every file the run leaves behind is named in its output, by a path that exists.
+    named = _named_files(done.stdout)
+    assert sorted(os.path.basename(p) for p in named) == sorted(os.listdir(out))
+    assert all(os.path.isfile(p) for p in named)
+    expected = ["results.csv", "results.json"] + (["speedup.png"] if HAS_MATPLOTLIB else [])
+    assert sorted(os.listdir(out)) == expected
 
     with open(out / "results.csv") as f:
         csv_rows = list(csv.DictReader(f))
@@ -78,7 +108,84 @@ def test_command_line_writes_csv_json_and_plot(tmp_path):
     ]
     assert summary["mismatches"] == []
     if HAS_MATPLOTLIB:
-        assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        _check_png(out / "speedup.png")
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="the plot needs matplotlib")
+def test_replot_redraws_the_plot_from_saved_results(tmp_path):
+    saved, other = tmp_path / "saved", tmp_path / "other"
+    saved.mkdir()
+    report = mybag.bench.benchmark(tiny=True, filter="fwd", repeats=3)
+    mybag.bench.report.write_json(str(saved / "results.json"), report)
+    done = _bench("--replot", str(saved), "--out", str(other))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _named_files(done.stdout) == [str(other / "speedup.png")]
+    _check_png(other / "speedup.png")
+    assert os.listdir(saved) == ["results.json"]  # nothing run, nothing else written
+
+    missing = _bench("--replot", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "results.json" in missing.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["--list"]])
+def test_a_filter_matching_no_case_fails_and_says_how_to_see_the_names(capsys, extra):
+    status = cli.main(["--tiny", "--filter", "no such case", "--no-progress", *extra])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""  # no empty table that looks like a successful run
+    assert "no case name contains 'no such case'" in captured.err
+    assert "python -m mybag.bench --list" in captured.err
+    assert grid.tiny_grid()[0].name in captured.err  # an example of what names look like
+    with pytest.raises(mybag.bench.NoCaseError, match="no such case"):
+        mybag.bench.run(tiny=True, filter="no such case")
+
+
+def _rows(*speedups: float) -> list[dict]:
+    base = {"pass": "fwd", "mode": "sum", "dtype": "f32", "padding_idx": None,
+            "torch_frac_gather": 0.5, "mybag_frac_gather": 0.6}  # fmt: skip
+    return [{**base, "case": f"case {i}", "speedup": s} for i, s in enumerate(speedups)]
+
+
+def test_plot_axis_is_ticked_around_1x():
+    assert plot.speedup_ticks(0.1, 30) == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20]
+    low, high = plot.speedup_limits([1.1, 1.2])
+    assert low <= 0.5 and high >= 2  # both sides of 1x always show
+    low, high = plot.speedup_limits([0.3, 22.8])
+    assert low < 0.3 and high > 22.8
+
+
+def test_plot_groups_cases_by_what_they_exercise():
+    rows = [{"pass": p, "mode": m, "dtype": d, "padding_idx": pad}
+            for p, m, d, pad in [("fwd", "sum", "f32", None), ("fwd", "max", "f64", None),
+                                 ("fwd", "mean", "bf16", 0), ("fwd+bwd sparse", "sum", "f32", 0),
+                                 ("fwd+bwd dense", "max", "f32", None)]]  # fmt: skip
+    assert [plot.case_group(r) for r in rows] == [
+        "forward, sum, float32",
+        "forward, max",
+        "forward, padding_idx",
+        "training step: forward + backward, sparse gradient",
+        "forward + backward, dense gradient",
+    ]
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="the plot needs matplotlib")
+def test_plot_bars_start_at_1x_and_labels_are_legible():
+    import matplotlib.pyplot as plt
+
+    fig = plot.make_figure(_rows(4.0, 0.5), "title")
+    try:
+        left = fig.axes[0]
+        (bars,) = left.containers
+        spans = sorted(sorted((p.get_x(), p.get_x() + p.get_width())) for p in bars)
+        # A bar spans 1x to its speed-up: to the right when faster, to the left when slower.
+        assert spans == [[0.5, 1.0], [1.0, 4.0]]
+        assert left.get_xscale() == "log"
+        assert {"0.5x", "1x", "2x"} <= {t.get_text() for t in left.get_xticklabels()}
+        assert "torch time / mybag time" in left.get_xlabel()
+        assert all(t.get_fontsize() >= 9 for t in left.get_yticklabels())
+        assert all(ax.get_title() for ax in fig.axes)
+    finally:
+        plt.close(fig)
 
 
 def test_list_prints_the_selected_cases(capsys):

@@ -14,24 +14,40 @@ sparse gradient), in one process:
    measured in the same run (:mod:`mybag.bench.timing`): a large streaming copy, and a plain
    gather of exactly the rows the case reads.
 
-Command line: ``python -m mybag.bench [--device cpu|cuda] [--quick] [--filter SUBSTRING]
-[--repeats N] [--threads N] [--out DIR]``; see docs/benchmarks.md. From Python::
+Command line: ``python -m mybag.bench [--device cpu|cuda] [--quick] [--filter TEXT] [--list]
+[--repeats N] [--threads N] [--out DIR] [--replot DIR]``; see ``--help`` and docs/benchmarks.md.
+From Python::
 
     import mybag.bench
     rows = mybag.bench.run(device="cpu", quick=True)   # list of dicts, one per case
     report = mybag.bench.benchmark(quick=True)        # plus machine, ceilings, summary
 """
 
-from mybag.bench.api import benchmark, format_report, grid_for, run, select, write_outputs
+from mybag.bench.api import (
+    NoCaseError,
+    Written,
+    benchmark,
+    cases_for,
+    format_report,
+    grid_for,
+    replot,
+    run,
+    select,
+    write_outputs,
+)
 from mybag.bench.grid import Case
 from mybag.bench.runner import MismatchError
 
 __all__ = [
     "Case",
     "MismatchError",
+    "NoCaseError",
+    "Written",
     "benchmark",
+    "cases_for",
     "format_report",
     "grid_for",
+    "replot",
     "run",
     "select",
     "write_outputs",

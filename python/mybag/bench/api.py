@@ -5,12 +5,13 @@ whole report (machine, ceilings, results, summary) that the command line prints 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from mybag.bench import report, timing
+from mybag.bench import plot, report, timing
 from mybag.bench.grid import Case, full_grid, quick_grid, select, tiny_grid
 from mybag.bench.progress import Progress
 from mybag.bench.runner import run_cases
@@ -29,11 +30,55 @@ _SETTINGS = {
     "tiny": Settings(repeats=3, budget_s=0.1, copy_mb=8),
 }
 
-__all__ = ["Case", "benchmark", "format_report", "grid_for", "run", "select", "write_outputs"]
+__all__ = [
+    "Case",
+    "NoCaseError",
+    "Written",
+    "benchmark",
+    "cases_for",
+    "format_report",
+    "grid_for",
+    "replot",
+    "run",
+    "select",
+    "write_outputs",
+]
+
+
+class NoCaseError(ValueError):
+    """The filter matches no case of the grid: running would time nothing and look like success."""
+
+
+class Written(NamedTuple):
+    files: list[str]  # paths of the files written, in the order written
+    notes: list[str]  # what was not written and why (e.g. no matplotlib)
 
 
 def grid_for(quick: bool = False, tiny: bool = False) -> list[Case]:
     return tiny_grid() if tiny else quick_grid() if quick else full_grid()
+
+
+def cases_for(
+    device: str = "cpu", quick: bool = False, tiny: bool = False, filter: str | None = None
+) -> list[Case]:
+    """The cases a run would time; raises ``NoCaseError`` if ``filter`` matches none of them."""
+    grid = grid_for(quick, tiny)
+    cases = select(grid, filter, device)
+    if not cases:
+        raise NoCaseError(_no_case_message(grid, filter, device, quick))
+    return cases
+
+
+def _no_case_message(grid: list[Case], filter: str | None, device: str, quick: bool) -> str:
+    available = select(grid, None, device)
+    which = "--quick grid" if quick else "grid"
+    examples = "\n".join(f"  {c.name}" for c in available[:4])
+    return (
+        f"no case name contains {filter!r} ({len(available)} cases in the {which} on {device}).\n"
+        "--filter keeps the cases whose name contains the text exactly (case-sensitive).\n"
+        f"Case names look like:\n{examples}\n"
+        f"List them all with: python -m mybag.bench --list{' --quick' if quick else ''}"
+    )
 
 
 def benchmark(
@@ -48,15 +93,16 @@ def benchmark(
 ) -> dict[str, Any]:
     """Runs the grid and returns ``{"machine", "settings", "ceilings", "results", "summary"}``.
 
-    ``on_mismatch="raise"`` raises ``MismatchError`` if mybag's answer differs from torch's on
-    any case; ``"skip"`` lists those cases in ``summary["mismatches"]`` and leaves them out.
+    Raises ``NoCaseError`` if ``filter`` matches no case. ``on_mismatch="raise"`` raises
+    ``MismatchError`` if mybag's answer differs from torch's on any case; ``"skip"`` lists those
+    cases in ``summary["mismatches"]`` and leaves them out.
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: torch sees no CUDA device")
     settings = _SETTINGS["tiny" if tiny else "quick" if quick else "full"]
     if repeats is not None:
         settings = dataclasses.replace(settings, repeats=repeats)
-    cases = select(grid_for(quick, tiny), filter, device)
+    cases = cases_for(device, quick, tiny, filter)
     copy_start = timing.copy_bandwidth(device, settings.copy_mb)
     results, mismatches = run_cases(
         cases,
@@ -111,20 +157,46 @@ def run(
 def format_report(r: dict[str, Any]) -> str:
     m = r["machine"]
     head = (
-        f"mybag.bench on {m['device_name']} (threads: {m['torch_threads']}, {m['cpu_capability']}), "
-        f"torch {m['torch']}, {m['date']}"
+        f"mybag.bench on {m['device_name']} "
+        f"(threads: {m['torch_threads']}, {m['cpu_capability']}), torch {m['torch']}, {m['date']}"
     )
     return "\n\n".join(
         [head, report.table(r["results"]), report.summary_text(r["summary"], r["ceilings"])]
     )
 
 
-def write_outputs(r: dict[str, Any], directory: str) -> list[str]:
-    """Writes results.csv, results.json and speedup.png; returns notes (e.g. no matplotlib)."""
+def write_outputs(r: dict[str, Any], directory: str) -> Written:
+    """Writes results.csv, results.json and speedup.png into ``directory``."""
     os.makedirs(directory, exist_ok=True)
-    report.write_csv(os.path.join(directory, "results.csv"), r["results"])
-    report.write_json(os.path.join(directory, "results.json"), r)
+    csv_path = os.path.join(directory, "results.csv")
+    json_path = os.path.join(directory, "results.json")
+    report.write_csv(csv_path, r["results"])
+    report.write_json(json_path, r)
+    plotted = write_plot(r, directory)
+    return Written([csv_path, json_path] + plotted.files, plotted.notes)
+
+
+def write_plot(r: dict[str, Any], directory: str) -> Written:
+    """Writes ``directory``/speedup.png from a report (a fresh run's or a saved results.json)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "speedup.png")
     m = r["machine"]
-    title = f"mybag vs torch embedding_bag, {m['device_name']}, torch {m['torch']}, {m['date']}"
-    problem = report.write_plot(os.path.join(directory, "speedup.png"), r["results"], title)
-    return [problem] if problem else []
+    title = (
+        f"mybag vs torch embedding_bag, {m['device_name']}, {m['torch_threads']} threads, "
+        f"torch {m['torch']}, {m['date']}"
+    )
+    problem = plot.write_plot(path, r["results"], title)
+    if problem is None:
+        return Written([path], [])
+    if os.path.exists(path):  # an older plot would contradict the results just written
+        os.remove(path)
+        problem += f" (removed the old {path})"
+    return Written([], [problem])
+
+
+def replot(directory: str, out: str | None = None) -> Written:
+    """Redraws speedup.png from ``directory``/results.json without running anything; into
+    ``out`` if given, else next to the results."""
+    with open(os.path.join(directory, "results.json")) as f:
+        saved = json.load(f)
+    return write_plot(saved, out or directory)

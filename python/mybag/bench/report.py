@@ -1,4 +1,4 @@
-"""What the run prints and writes: table, summary, machine info, CSV, JSON and the plot."""
+"""What the run prints and writes: table, summary, machine info, CSV, JSON (plot: plot.py)."""
 
 from __future__ import annotations
 
@@ -109,38 +109,3 @@ def write_json(path: str, document: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(document, f, indent=1)
         f.write("\n")
-
-
-def write_plot(path: str, results: list[dict[str, Any]], title: str) -> str | None:
-    """Speed-up and fraction of the gather ceiling per case; returns why not, if it cannot."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install matplotlib): no speedup.png"
-    names = [r["case"] for r in results]
-    y = range(len(results))
-    fig, (left, right) = plt.subplots(
-        1, 2, sharey=True, figsize=(13, 1.2 + 0.18 * len(results)), layout="constrained"
-    )
-    speedups = [r["speedup"] for r in results]
-    left.barh(y, speedups, color=["tab:green" if s >= 1 else "tab:red" for s in speedups])
-    left.axvline(1.0, color="black", linewidth=0.8)
-    left.set_xscale("log")
-    left.set_xlabel("speed-up (torch time / mybag time, log scale)")
-    left.set_yticks(list(y), names, fontsize=7)
-    left.set_ylim(len(results) - 0.5, -0.5)  # first case on top, no empty margin
-    height = 0.4
-    right.barh([i - height / 2 for i in y], [r["torch_frac_gather"] for r in results],
-               height, label="torch", color="tab:gray")  # fmt: skip
-    right.barh([i + height / 2 for i in y], [r["mybag_frac_gather"] for r in results],
-               height, label="mybag", color="tab:blue")  # fmt: skip
-    right.axvline(1.0, color="black", linewidth=0.8)
-    right.set_xlabel("GB/s / gather ceiling GB/s")
-    right.legend(loc="lower right", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=72, bbox_inches="tight")
-    plt.close(fig)
-    return None
