@@ -181,8 +181,9 @@ def write_plot(r: dict[str, Any], directory: str) -> Written:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "speedup.png")
     m = r["machine"]
+    threads = f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''}"
     title = (
-        f"mybag vs torch embedding_bag, {m['device_name']}, {m['torch_threads']} threads, "
+        f"mybag vs torch embedding_bag, {m['device_name']}, {threads}, "
         f"torch {m['torch']}, {m['date']}"
     )
     problem = plot.write_plot(path, r["results"], title)

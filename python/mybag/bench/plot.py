@@ -134,11 +134,18 @@ def _summary_line(results: list[dict[str, Any]]) -> str:
             f"{slower} case{'s' if slower != 1 else ''} slower than torch")  # fmt: skip
 
 
+def _tint(colour: str) -> tuple[float, float, float]:
+    """A light, opaque version of ``colour`` (a translucent one would let the 1x line through)."""
+    from matplotlib.colors import to_rgb
+
+    return tuple(0.7 + 0.3 * c for c in to_rgb(colour))  # type: ignore[return-value]
+
+
 def _headings(left, right, headings, colour_of) -> None:
     for y, label in headings:
         # Black on a tint of the group's colour: legible whatever the colour; drawn above the
         # 1x line, which crosses the heading's row.
-        tint = {"facecolor": colour_of[label], "alpha": 0.3, "edgecolor": "none", "pad": 2}
+        tint = {"facecolor": _tint(colour_of[label]), "edgecolor": "none", "pad": 2}
         left.text(0.01, y, label, transform=left.get_yaxis_transform(), va="center",
                   fontsize=_TEXT_PT, fontweight="bold", bbox=tint, zorder=5)  # fmt: skip
         for ax in (left, right):
