@@ -6,13 +6,14 @@ file serves ``import mybag`` (through ``torch.ops.load_library``) and C++ progra
 LibTorch. CMakeLists.txt builds the same sources: both take them from ``csrc/mybag`` by the
 patterns in ``SOURCE_PATTERNS`` (and ``CUDA_SOURCE_PATTERNS``).
 
-CUDA kernels are built when torch has CUDA and nvcc is found (no GPU is needed to build them).
-``MYBAG_WITH_CUDA=1`` insists on them (the build fails if it cannot), ``MYBAG_WITH_CUDA=0``
-leaves them out. Set ``TORCH_CUDA_ARCH_LIST`` (e.g. "9.0") on machines without a GPU, or torch
-compiles for every architecture it knows.
+What to build is decided in scripts/build_config.py, which the CMake route uses too: the
+CUDA kernels when torch has CUDA and a CUDA toolkit is found (no GPU is needed to build them;
+MYBAG_WITH_CUDA=1 insists, 0 leaves them out), for TORCH_CUDA_ARCH_LIST when it is set, else
+for the visible GPUs, else for one architecture per GPU generation that torch supports.
 """
 
 import glob
+import json
 import os
 import sys
 
@@ -22,7 +23,10 @@ from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# Keep in step with CMakeLists.txt (MYBAG_SOURCES, MYBAG_CUDA_SOURCES).
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from build_config import cuda_arch_list, cuda_plan, cuda_toolkit  # noqa: E402
+
+# CMakeLists.txt globs the same directories.
 SOURCE_PATTERNS = ["csrc/mybag/*.cpp", "csrc/mybag/cpu/*.cpp"]
 CUDA_SOURCE_PATTERNS = ["csrc/mybag/cuda/*.cu"]
 
@@ -34,45 +38,13 @@ def source_files(patterns):
     return [os.path.relpath(f, ROOT) for f in files]
 
 
-def nvcc_path():
-    """nvcc of a CUDA toolkit with headers, pointing torch's extension builder at that toolkit.
-
-    torch takes the toolkit from $CUDA_HOME, else from the directory above `which nvcc`; a
-    wrapper script such as /usr/local/bin/nvcc leads it to /usr/local, which has no headers.
-    The same search as the CMake build's (scripts/torch_cmake_args.py) finds the real one.
-    """
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from torch_cmake_args import cuda_toolkit
-
-    home = cpp_extension.CUDA_HOME
-    if home is None or not os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
-        home = cuda_toolkit()
-    if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
-        return None
-    cpp_extension.CUDA_HOME = home
-    return os.path.join(home, "bin", "nvcc")
-
-
-def with_cuda():
-    """Whether to build the CUDA kernels; raises when MYBAG_WITH_CUDA=1 cannot be honoured."""
-    wanted = os.environ.get("MYBAG_WITH_CUDA", "auto").lower()
-    if wanted not in ("auto", "0", "1"):
-        raise RuntimeError(f"MYBAG_WITH_CUDA has to be 0, 1 or auto, but is {wanted!r}")
-    if wanted == "0":
-        print("mybag: MYBAG_WITH_CUDA=0, leaving the CUDA kernels out")
-        return False
-    missing = []
-    if torch.version.cuda is None:
-        missing.append(f"torch {torch.__version__} was built without CUDA")
-    if nvcc_path() is None:
-        missing.append("no CUDA toolkit with nvcc and headers found (set CUDA_HOME)")
-    if missing and wanted == "1":
-        raise RuntimeError("mybag: MYBAG_WITH_CUDA=1 but the CUDA kernels cannot be built: "
-                           + "; ".join(missing))
-    if missing:
-        print("mybag: leaving the CUDA kernels out: " + "; ".join(missing))
-        return False
-    return True
+def write_build_info(kernels, note):
+    """Records what was built, for `python -m mybag` to say (pip shows no build output
+    without -v)."""
+    path = os.path.join(ROOT, "python", "mybag", "_build_info.json")
+    with open(path, "w") as f:
+        json.dump({"kernels": kernels, "note": note, "torch": torch.__version__}, f)
+        f.write("\n")
 
 
 def extensions():
@@ -82,18 +54,26 @@ def extensions():
     # kernel would silently run on one thread. libgomp resolves to the copy torch already loaded.
     cxx_flags += ["-fopenmp"]
     sources = source_files(SOURCE_PATTERNS)
-    print(f"mybag: building {len(sources)} C++ sources (CPU kernels)")
     extension = CppExtension
     compile_args = {"cxx": cxx_flags}
-    if with_cuda():
+    build_cuda, why = cuda_plan()
+    if build_cuda:
+        # torch's extension builder reads the toolkit and the architectures from these.
+        cpp_extension.CUDA_HOME = cuda_toolkit()
+        archs, archs_why = cuda_arch_list()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         cuda_sources = source_files(CUDA_SOURCE_PATTERNS)
-        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "(torch's default: the visible GPUs, "
-                               "else every architecture it supports)")
-        print(f"mybag: building {len(cuda_sources)} CUDA sources with {nvcc_path()} "
-              f"(CUDA {torch.version.cuda}) for TORCH_CUDA_ARCH_LIST={archs}")
+        note = f"CUDA kernels for TORCH_CUDA_ARCH_LIST={archs} ({archs_why})"
+        print(f"mybag: building {len(sources)} C++ and {len(cuda_sources)} CUDA sources; {why}; "
+              f"{note}")
         sources += cuda_sources
         extension = CUDAExtension
         compile_args["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"])
+        write_build_info(["CPU", "CUDA"], note)
+    else:
+        note = f"CUDA kernels left out: {why}"
+        print(f"mybag: building {len(sources)} C++ sources, CPU kernels only ({note})")
+        write_build_info(["CPU"], note)
     return [
         extension(
             name="mybag._C",

@@ -1,28 +1,22 @@
 """Prints the CMake arguments that find the installed torch wheel's LibTorch.
 
-A CUDA build of torch makes find_package(Torch) look for the CUDA toolkit even when only CPU code
-is compiled; these arguments point it at the local toolkit (nvcc's), and at the wheel's copy of
-libnvrtc when the toolkit has none. Extra prefixes (an installed mybag) come as arguments.
+    cmake -S . -B build/lib $(python scripts/torch_cmake_args.py)        # building mybag
+    cmake -S app -B build/app $(python scripts/torch_cmake_args.py PREFIX)  # a consumer
+
+A CUDA build of torch makes find_package(Torch) set up CUDA even when only CPU code is
+compiled: these arguments point it at the local toolkit, at the wheel's copy of libnvrtc when
+the toolkit has none, and give it the architecture list that setup.py would use
+(scripts/build_config.py decides both). Extra prefixes (an installed mybag) come as arguments.
 """
 
 import glob
 import os
-import shutil
 import sys
 
 import torch
 
-
-def cuda_toolkit():
-    """The first CUDA toolkit that has headers: $CUDA_HOME, $CUDA_PATH, /usr/local/cuda, nvcc's."""
-    nvcc = shutil.which("nvcc")
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    for candidate in candidates:
-        if candidate and os.path.exists(os.path.join(candidate, "include", "cuda_runtime.h")):
-            return candidate
-    return None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build_config import cuda_arch_list, cuda_toolkit  # noqa: E402
 
 
 def cmake_args(extra_prefixes):
@@ -31,6 +25,8 @@ def cmake_args(extra_prefixes):
     toolkit = cuda_toolkit() if torch.version.cuda else None
     if toolkit:
         args.append(f"-DCUDA_TOOLKIT_ROOT_DIR={toolkit}")
+        args.append(f"-DCMAKE_CUDA_COMPILER={os.path.join(toolkit, 'bin', 'nvcc')}")
+        args.append(f"-DTORCH_CUDA_ARCH_LIST={cuda_arch_list()[0]}")
         if not glob.glob(os.path.join(toolkit, "lib*", "libnvrtc.so*")):
             site = os.path.dirname(os.path.dirname(torch.__file__))
             nvrtc = sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", "libnvrtc.so*")))

@@ -30,3 +30,14 @@ def _already_registered() -> bool:
 def load_library() -> None:
     if not _already_registered():
         torch.ops.load_library(library_path())
+
+
+def build_note() -> str:
+    """What setup.py said it built and why (e.g. why the CUDA kernels were left out), or ""."""
+    import json
+
+    try:
+        with open(os.path.join(_PACKAGE_DIR, "_build_info.json")) as f:
+            return json.load(f).get("note", "")
+    except (OSError, ValueError):
+        return ""
