@@ -56,6 +56,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
 ALLOWED = (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError)
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX = (torch.int32, torch.int64)
+NARROW = (torch.int8, torch.uint8, torch.int16)  # allowed beside an INDEX dtype (spec §1)
 GARBAGE_DTYPES = [torch.int64, torch.int32, torch.int64, torch.int32, torch.int16, torch.int8,
                   torch.uint8, torch.bool, torch.float32, torch.float64, torch.complex64]
 WEIGHT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float32,
@@ -254,7 +255,7 @@ def classify(c) -> str:
         return MUST_RAISE
     if w.dim() != 2 or w.dtype not in FLOATS:
         return MUST_RAISE
-    if inp.dtype not in INDEX or inp.dim() not in (1, 2):
+    if inp.dim() not in (1, 2) or inp.dtype not in INDEX + (NARROW if inp.dim() == 1 else ()):
         return MUST_RAISE
     if mode not in ("sum", "mean", "max"):
         return MUST_RAISE
@@ -263,7 +264,9 @@ def classify(c) -> str:
         if offs is not None:
             return MUST_RAISE
     else:
-        if offs is None or offs.dim() != 1 or offs.dtype not in INDEX:
+        if offs is None or offs.dim() != 1 or offs.dtype not in INDEX + NARROW:
+            return MUST_RAISE
+        if inp.dtype in NARROW and offs.dtype in NARROW:
             return MUST_RAISE
         if ilo and offs.numel() == 0:
             return MUST_RAISE
@@ -425,7 +428,11 @@ GARBAGE = {
                              offsets=torch.tensor([0, 2**31 - 1], dtype=torch.int32)),
     "offset -1": dict(input=torch.tensor([0, 1]), offsets=torch.tensor([0, -1])),
     "bool input": dict(input=torch.tensor([True, False]), offsets=torch.tensor([0])),
-    "uint8 input": dict(input=torch.tensor([1, 2], dtype=torch.uint8), offsets=torch.tensor([0])),
+    # One narrow index dtype beside int32/int64 is valid (spec §1); two are not, nor a narrow
+    # 2-D input.
+    "uint8 input, int16 offsets": dict(input=torch.tensor([1, 2], dtype=torch.uint8),
+                                       offsets=torch.tensor([0], dtype=torch.int16)),
+    "int16 2-d input": dict(input=torch.tensor([[1, 2]], dtype=torch.int16), offsets=None),
     "float input": dict(input=torch.tensor([1.0, 2.0]), offsets=torch.tensor([0])),
     "complex offsets": dict(input=torch.tensor([1, 2]), offsets=torch.tensor([0j])),
     "0-d input": dict(input=torch.tensor(1), offsets=torch.tensor([0])),

@@ -45,8 +45,7 @@ void check_inputs(
     const std::optional<at::Tensor>& offsets,
     const std::optional<at::Tensor>& per_sample_weights,
     Mode mode,
-    bool include_last_offset,
-    bool index_dtypes_may_differ) {
+    bool include_last_offset) {
   TORCH_CHECK_VALUE(weight.dim() == 2,
                     "embedding_bag: weight has to be a 2-D tensor (num_embeddings, embedding_dim), "
                     "but got a tensor of dimension ", weight.dim(), " and shape ", weight.sizes());
@@ -74,7 +73,7 @@ void check_inputs(
     TORCH_CHECK(is_index_dtype(offsets->scalar_type()),
                 "embedding_bag: offsets has to hold int32 or int64 values, but got ",
                 offsets->scalar_type());
-    TORCH_CHECK(index_dtypes_may_differ || offsets->scalar_type() == input.scalar_type(),
+    TORCH_CHECK(offsets->scalar_type() == input.scalar_type(),
                 "embedding_bag: input and offsets have to share one dtype here, but got ",
                 input.scalar_type(), " and ", offsets->scalar_type());
     TORCH_CHECK(offsets->device() == weight.device(),
@@ -105,6 +104,23 @@ void check_inputs(
                 "embedding_bag: per_sample_weights and weight have to be on the same device, but "
                 "per_sample_weights is on ", psw.device(), " and weight on ", weight.device());
   }
+}
+
+void check_index_dtypes(const at::Tensor& input, const std::optional<at::Tensor>& offsets) {
+  // Everything else about these dtypes is check_inputs' to report; here only the pair of two
+  // narrow integer dtypes, which promotes to a narrow one (torch rejects it too).
+  if (!offsets.has_value() || !offsets->defined()) {
+    return;
+  }
+  const at::ScalarType in = input.scalar_type();
+  const at::ScalarType off = offsets->scalar_type();
+  const bool both_narrow = at::isIntegralType(in, /*includeBool=*/false) &&
+                           at::isIntegralType(off, /*includeBool=*/false) && !is_index_dtype(in) &&
+                           !is_index_dtype(off);
+  TORCH_CHECK(!both_narrow,
+              "embedding_bag: input and offsets have to hold int32 or int64 values (int8, uint8 or "
+              "int16 only for one of them, with the other int32 or int64), but got input of dtype ",
+              in, " and offsets of dtype ", off);
 }
 
 void check_padding_idx(std::optional<int64_t> padding_idx, const c10::SymInt& num_weights) {
@@ -174,14 +190,14 @@ void check_forward_args(const at::Tensor& weight, const at::Tensor& input,
                         const std::optional<at::Tensor>& offsets,
                         const std::optional<at::Tensor>& per_sample_weights, Mode mode,
                         std::optional<int64_t> padding_idx, bool include_last_offset) {
-  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset, false);
+  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset);
   check_padding_idx(padding_idx, weight.sym_size(0));
 }
 
 void check_renorm_args(const at::Tensor& weight, const at::Tensor& input,
                        const std::optional<at::Tensor>& offsets, bool include_last_offset,
                        double max_norm) {
-  check_inputs(input, weight, offsets, std::nullopt, Mode::Sum, include_last_offset, false);
+  check_inputs(input, weight, offsets, std::nullopt, Mode::Sum, include_last_offset);
   check_max_norm(max_norm);
 }
 
@@ -194,7 +210,7 @@ void check_weight_grad_args(const at::Tensor& grad, const at::Tensor& input,
               num_weights);
   check_grad_tensor(grad);
   // grad stands in for weight: 2-D, a float dtype, the device and dtype of everything else.
-  check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset, false);
+  check_inputs(input, grad, offsets, per_sample_weights, mode, include_last_offset);
   check_grad(grad, num_bags(input, offsets, include_last_offset), grad.sym_size(1),
              grad.scalar_type());
   check_padding_idx(padding_idx, num_weights);
@@ -206,7 +222,7 @@ void check_per_sample_weights_grad_args(const at::Tensor& grad, const at::Tensor
                                         std::optional<int64_t> padding_idx,
                                         bool include_last_offset) {
   check_per_sample_weights_grad_mode(mode);
-  check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset, false);
+  check_inputs(input, weight, offsets, std::nullopt, mode, include_last_offset);
   check_grad_tensor(grad);
   check_grad(grad, num_bags(input, offsets, include_last_offset), weight.sym_size(1),
              weight.scalar_type());

@@ -25,16 +25,19 @@ Mode mode_from_int(int64_t mode);
 const char* mode_name(Mode mode);
 
 // Checks everything that does not need the indices' values: dimensions, dtypes, devices, the
-// presence and shape of offsets, per_sample_weights against mode and input. The public op lets
-// input and offsets have different integer dtypes; the internal ops need them equal.
+// presence and shape of offsets, per_sample_weights against mode and input. input and offsets
+// have to share one dtype: the public op promotes them first (check_index_dtypes).
 void check_inputs(
     const at::Tensor& input,
     const at::Tensor& weight,
     const std::optional<at::Tensor>& offsets,
     const std::optional<at::Tensor>& per_sample_weights,
     Mode mode,
-    bool include_last_offset,
-    bool index_dtypes_may_differ);
+    bool include_last_offset);
+
+// The public op's index dtypes, before promotion: int32 or int64, or (as torch allows) int8,
+// uint8 or int16 for one of input and offsets when the other is int32 or int64.
+void check_index_dtypes(const at::Tensor& input, const std::optional<at::Tensor>& offsets);
 
 // Range-checks padding_idx against [-num_weights, num_weights) (num_weights may be symbolic under
 // torch.compile).

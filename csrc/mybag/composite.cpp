@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <string_view>
+#include <utility>
 
 #include "mybag/checks.h"
 #include "mybag/internal_ops.h"
@@ -17,9 +18,20 @@
 namespace mybag {
 namespace {
 
-// input and offsets may be int32 and int64 in any mix: the kernels see one dtype, the wider.
-at::Tensor promoted(const at::Tensor& index, at::ScalarType common) {
-  return index.scalar_type() == common ? index : index.to(common);
+// input and offsets of different integer dtypes meet at their promoted type, as in torch: the
+// kernels then see one dtype. That lets int8/uint8/int16 pair with int32/int64 (torch accepts
+// those); check_index_dtypes rejects two narrow ones, as torch does. Anything else (bool, a
+// floating dtype) is left as it is, for check_inputs to reject.
+std::pair<at::Tensor, std::optional<at::Tensor>> promoted_indices(
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& offsets) {
+  if (!offsets.has_value() || offsets->scalar_type() == input.scalar_type() ||
+      !at::isIntegralType(input.scalar_type(), /*includeBool=*/false) ||
+      !at::isIntegralType(offsets->scalar_type(), /*includeBool=*/false)) {
+    return {input, offsets};
+  }
+  const at::ScalarType common = at::promoteTypes(input.scalar_type(), offsets->scalar_type());
+  return {input.to(common), offsets->to(common)};
 }
 
 at::Tensor embedding_bag_composite(
@@ -41,7 +53,9 @@ at::Tensor embedding_bag_composite(
                                       : std::nullopt;
   // A 2-D input is a batch of equal bags: include_last_offset does not apply (as in torch).
   const bool include_last_offset = input.dim() == 2 ? false : include_last_offset_arg;
-  check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset, true);
+  check_index_dtypes(input, offsets);
+  const auto [indices, bag_offsets] = promoted_indices(input, offsets);
+  check_inputs(indices, weight, bag_offsets, per_sample_weights, mode, include_last_offset);
   if (mode == Mode::Max) {
     TORCH_CHECK_VALUE(!scale_grad_by_freq,
                       "embedding_bag: mode='max' does not support scale_grad_by_freq=True");
@@ -50,13 +64,6 @@ at::Tensor embedding_bag_composite(
   check_padding_idx(padding_idx, weight.sym_size(0));
   if (max_norm.has_value()) {
     check_max_norm(*max_norm);
-  }
-
-  at::Tensor indices = input;
-  std::optional<at::Tensor> bag_offsets = offsets;
-  if (offsets.has_value() && offsets->scalar_type() != input.scalar_type()) {
-    indices = promoted(input, at::kLong);
-    bag_offsets = promoted(*offsets, at::kLong);
   }
 
   if (max_norm.has_value()) {
