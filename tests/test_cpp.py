@@ -1,10 +1,11 @@
 """The C++ side, driven from pytest so that one test command covers everything.
 
-scripts/build_cpp.sh builds mybag with CMake, installs it as a package, builds tests/cpp and
-examples/cpp as separate projects that find it with find_package(mybag), and runs them with
-ctest: the C++ API against torch::nn::functional::embedding_bag, the C++ module against
-torch::nn::EmbeddingBag, a TorchScript model saved in Python loaded, run and trained in C++, and
-the example program. The build directory (build/cpp) is kept, so later runs are incremental.
+scripts/build_cpp.sh runs the README's C++ commands word for word (build and install mybag with
+CMake, build and run the example as a project that finds the installed package by its prefix
+alone), then builds tests/cpp as another such project and runs it with ctest: the C++ API
+against torch::nn::functional::embedding_bag, the C++ module against torch::nn::EmbeddingBag, a
+TorchScript model saved in Python loaded, run and trained in C++, and the example program. The
+build directories (build/lib, build/cpp-tests, ...) are kept, so later runs are incremental.
 """
 
 import re
@@ -23,7 +24,7 @@ def ctest_output():
     if shutil.which("cmake") is None:
         pytest.fail("the C++ tests need cmake (pip install 'cmake<4')")
     result = subprocess.run(
-        ["bash", "scripts/build_cpp.sh", "build/cpp"],
+        ["bash", "scripts/build_cpp.sh"],
         cwd=ROOT,
         capture_output=True,
         text=True,

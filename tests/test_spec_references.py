@@ -93,13 +93,7 @@ def test_every_cited_section_exists():
     assert count > 0, "no citation of docs/spec.md found: is the scan looking in the right place?"
 
 
-@pytest.mark.parametrize("area", [
-    *SCANNED_DIRS,
-    *[a for a in SCANNED_FILES if a != "README.md"],
-    # The lead rewrites README.md's line 10 ("the project's SPEC"); remove this mark then.
-    pytest.param("README.md", marks=pytest.mark.xfail(
-        strict=True, reason="README.md still cites the old SPEC (line 10)")),
-])
+@pytest.mark.parametrize("area", [*SCANNED_DIRS, *SCANNED_FILES])
 def test_no_reference_to_the_old_spec(area):
     bad = [f"{f.relative_to(ROOT)}:{number}: {line.strip()}"
            for f in text_files([area]) if f != THIS
