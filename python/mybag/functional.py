@@ -5,6 +5,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mybag.nested import is_nested, unpack_nested
+
 
 def embedding_bag(
     input: Tensor,
@@ -24,7 +26,10 @@ def embedding_bag(
 
     Args:
         input (LongTensor or IntTensor): the row indices. Either 1-D ``(N,)``, split into bags
-            by ``offsets``, or 2-D ``(B, L)``, one bag of ``L`` indices per row.
+            by ``offsets``, or 2-D ``(B, L)``, one bag of ``L`` indices per row, or a 2-D
+            jagged ``torch.nested`` tensor ``(B, j)``, one bag per component (then
+            ``offsets`` must be None and ``per_sample_weights``, if given, a nested tensor of
+            the same structure; see :mod:`mybag.nested`).
         weight (Tensor): the embedding table, ``(num_embeddings, embedding_dim)``; float32,
             float64, float16 or bfloat16 (the last two accumulate in float32).
         offsets (LongTensor or IntTensor, optional): for 1-D ``input`` only: where each bag
@@ -64,6 +69,11 @@ def embedding_bag(
         tensor([[0.4000, 0.1000],
                 [0.1000, 0.2000]])
     """
+    if not torch.jit.is_scripting():
+        if is_nested(input) or is_nested(per_sample_weights):
+            # As torch does: the components are the bags, given as values + B + 1 offsets.
+            input, offsets, per_sample_weights = unpack_nested(input, offsets, per_sample_weights)
+            include_last_offset = True
     return torch.ops.mybag.embedding_bag(
         input,
         weight,
