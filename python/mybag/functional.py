@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from mybag.nested import is_nested, unpack_nested
+from mybag.onnx_export import embedding_bag_for_export
 
 
 def embedding_bag(
@@ -74,6 +75,12 @@ def embedding_bag(
             # As torch does: the components are the bags, given as values + B + 1 offsets.
             input, offsets, per_sample_weights = unpack_nested(input, offsets, per_sample_weights)
             include_last_offset = True
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no mybag operator: trace the same forward in ops it has.
+            return _for_onnx(
+                input, weight, offsets, max_norm, norm_type, mode, per_sample_weights,
+                include_last_offset, padding_idx,
+            )
     return torch.ops.mybag.embedding_bag(
         input,
         weight,
@@ -86,4 +93,22 @@ def embedding_bag(
         per_sample_weights,
         include_last_offset,
         padding_idx,
+    )
+
+
+@torch.jit.unused
+def _for_onnx(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Optional[Tensor],
+    max_norm: Optional[float],
+    norm_type: float,
+    mode: str,
+    per_sample_weights: Optional[Tensor],
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+) -> Tensor:
+    return embedding_bag_for_export(
+        input, weight, offsets, max_norm, norm_type, mode, per_sample_weights,
+        include_last_offset, padding_idx,
     )
