@@ -120,3 +120,14 @@ def test_repr_names_mybag():
     assert repr(mybag.EmbeddingBag.from_torch(nn.EmbeddingBag(5, 2))) == (
         "mybag.EmbeddingBag(5, 2, mode='mean')"
     )
+
+
+def test_fsdp_module_wrap_policy_wraps_mybag_modules_like_torchs():
+    # FSDP's ModuleWrapPolicy matches with isinstance: a policy naming nn.EmbeddingBag gives
+    # mybag's module its own FSDP unit, as it does torch's (training: tests/test_fsdp.py).
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    policy = ModuleWrapPolicy({nn.EmbeddingBag})
+    assert policy(module=EmbeddingBag(5, 2), recurse=False, nonwrapped_numel=10)
+    assert policy(module=nn.EmbeddingBag(5, 2), recurse=False, nonwrapped_numel=10)
+    assert not policy(module=nn.Linear(5, 2), recurse=False, nonwrapped_numel=10)

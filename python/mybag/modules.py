@@ -23,6 +23,12 @@ tested in tests/test_torch_tools.py):
   it fails, since ``nnq.EmbeddingBag.from_float`` accepts only the exact type. To quantize,
   quantize torch's module and do not swap it (``swap_embedding_bags`` leaves quantized
   modules alone).
+- FSDP: ``ModuleWrapPolicy({nn.EmbeddingBag})`` matches with ``isinstance`` and so gives
+  mybag's module its own unit, as torch's; ``ignored_modules`` takes instances and does not
+  look at classes; ``fully_shard`` trains it like torch's module (tests/test_fsdp.py).
+- torchrec (read from its source; not installed here): ``DistributedModelParallel`` looks its
+  sharders up by exact ``type(module)``, so a mybag module is not sharded; it stays
+  data-parallel under the DDP wrapper, which handles its sparse gradients.
 - ``torch.fx.symbolic_trace``: torch's module is a leaf because it lives in ``torch.nn``;
   mybag's is traced through, so the graph holds the ``mybag::embedding_bag`` call itself.
 - ``swap_embedding_bags`` (below) and other swappers that compare ``type(module) is
