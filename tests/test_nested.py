@@ -209,3 +209,15 @@ def test_scripted_module_still_works_on_plain_input():
     scripted = torch.jit.script(mybag.EmbeddingBag(NUM_EMBEDDINGS, DIM, mode="sum"))
     out = scripted(torch.tensor([[1, 2], [3, 4]]))
     assert out.shape == (2, DIM)
+
+
+def test_the_operator_itself_names_a_nested_argument():
+    # torch.ops.mybag.embedding_bag takes plain tensors (as aten's embedding_bag does); the
+    # error says which argument is nested and where nested input is taken.
+    with pytest.raises(ValueError, match=r"input is a nested tensor.*mybag.embedding_bag"):
+        torch.ops.mybag.embedding_bag(bags(), table(), mode="sum")
+    psw, _ = weights_like(bags())
+    with pytest.raises(ValueError, match=r"per_sample_weights is a nested tensor"):
+        torch.ops.mybag.embedding_bag(
+            torch.tensor([1, 2]), table(), torch.tensor([0]), mode="sum", per_sample_weights=psw
+        )
