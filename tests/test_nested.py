@@ -221,3 +221,21 @@ def test_the_operator_itself_names_a_nested_argument():
         torch.ops.mybag.embedding_bag(
             torch.tensor([1, 2]), table(), torch.tensor([0]), mode="sum", per_sample_weights=psw
         )
+
+
+def test_compiled_with_nested_input_matches_torch():
+    torch._dynamo.reset()
+    theirs_weight = table().requires_grad_()
+    ours_weight = theirs_weight.detach().clone().requires_grad_()
+    compiled = torch.compile(
+        lambda nested: mybag.embedding_bag(nested, ours_weight, mode="mean", padding_idx=0),
+        backend="aot_eager",
+        fullgraph=True,
+    )
+    nested = bags()
+    ours = compiled(nested)
+    theirs = F.embedding_bag(nested, theirs_weight, mode="mean", padding_idx=0)
+    torch.testing.assert_close(ours, theirs, **TIGHT)
+    ours.sum().backward()
+    theirs.sum().backward()
+    torch.testing.assert_close(ours_weight.grad, theirs_weight.grad, **TIGHT)
