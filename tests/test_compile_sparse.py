@@ -77,7 +77,9 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())
+)
 def test_training_compiles_at_most_two_graphs_and_matches_eager(options):
     torch._dynamo.reset()
     eager = Model(mybag.EmbeddingBag, **options)
@@ -89,7 +91,9 @@ def test_training_compiles_at_most_two_graphs_and_matches_eager(options):
     train(eager, eager)
     train(compiled_model, compiled)
 
-    assert counter.forward_graphs <= 2, f"{counter.forward_graphs} forward graphs for {len(LENGTHS)} lengths"
+    assert counter.forward_graphs <= 2, (
+        f"{counter.forward_graphs} forward graphs for {len(LENGTHS)} lengths"
+    )
     assert counter.backward_graphs <= 2, f"{counter.backward_graphs} backward graphs"
     for name, value in eager.state_dict().items():
         assert value.isfinite().all(), f"eager training diverged: {name}"
@@ -135,7 +139,9 @@ def compiled_step_counts(bag_class, options):
     return counter.forward_graphs, counter.backward_graphs
 
 
-@pytest.mark.parametrize("options", [dict(mode="sum", sparse=True), dict(mode="mean", sparse=False)])
+@pytest.mark.parametrize(
+    "options", [dict(mode="sum", sparse=True), dict(mode="mean", sparse=False)]
+)
 def test_compiled_training_step_compiles_as_many_graphs_as_torch(options):
     # The step graph-breaks at backward(); torch's module on the same loop is the yardstick:
     # loss graphs at most two, plus the optimizer's.

@@ -36,7 +36,11 @@ class Model(nn.Module):
     def __init__(self, mode, sparse, padding_idx):
         super().__init__()
         self.bag = mybag.EmbeddingBag(
-            NUM_EMBEDDINGS, DIM, mode=mode, sparse=sparse, padding_idx=padding_idx,
+            NUM_EMBEDDINGS,
+            DIM,
+            mode=mode,
+            sparse=sparse,
+            padding_idx=padding_idx,
             dtype=torch.float64,
         )
         self.head = nn.Linear(DIM, 1, dtype=torch.float64)
@@ -102,7 +106,8 @@ def test_ddp_training_equals_one_process_on_the_global_batch(tmp_path):
     context = mp.get_context("spawn")
     port = free_port()
     processes = [
-        context.Process(target=worker, args=(rank, port, str(tmp_path))) for rank in range(WORLD_SIZE)
+        context.Process(target=worker, args=(rank, port, str(tmp_path)))
+        for rank in range(WORLD_SIZE)
     ]
     for process in processes:
         process.start()
@@ -124,7 +129,11 @@ def test_ddp_training_equals_one_process_on_the_global_batch(tmp_path):
         for name, value in single.state_dict().items():
             assert not torch.equal(value, initial[name]), f"{config}: {name} did not train"
             torch.testing.assert_close(
-                distributed[name], value, rtol=1e-12, atol=1e-12, msg=lambda m: f"{config} {name}: {m}"
+                distributed[name],
+                value,
+                rtol=1e-12,
+                atol=1e-12,
+                msg=lambda m, config=config, name=name: f"{config} {name}: {m}",
             )
 
 

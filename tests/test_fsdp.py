@@ -10,7 +10,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from test_ddp import BAGS_PER_STEP, JOIN_TIMEOUT_S, PG_TIMEOUT_S, WORLD_SIZE, free_port, new_model, train
+from test_ddp import (
+    BAGS_PER_STEP,
+    JOIN_TIMEOUT_S,
+    PG_TIMEOUT_S,
+    WORLD_SIZE,
+    free_port,
+    new_model,
+    train,
+)
 
 CONFIGS = [("sum", False, None), ("mean", False, 0), ("max", False, None)]
 
@@ -44,7 +52,8 @@ def test_fsdp_training_equals_one_process_on_the_global_batch(tmp_path):
     context = mp.get_context("spawn")
     port = free_port()
     processes = [
-        context.Process(target=worker, args=(rank, port, str(tmp_path))) for rank in range(WORLD_SIZE)
+        context.Process(target=worker, args=(rank, port, str(tmp_path)))
+        for rank in range(WORLD_SIZE)
     ]
     for process in processes:
         process.start()
@@ -64,5 +73,9 @@ def test_fsdp_training_equals_one_process_on_the_global_batch(tmp_path):
         sharded = torch.load(tmp_path / f"config{index}.pt")
         for name, value in single.state_dict().items():
             torch.testing.assert_close(
-                sharded[name], value, rtol=1e-12, atol=1e-12, msg=lambda m: f"{config} {name}: {m}"
+                sharded[name],
+                value,
+                rtol=1e-12,
+                atol=1e-12,
+                msg=lambda m, config=config, name=name: f"{config} {name}: {m}",
             )

@@ -87,9 +87,13 @@ def test_nested_leaf_per_sample_weights_get_a_nested_gradient():
     nested = bags()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        psw = torch.nested.nested_tensor_from_jagged(
-            torch.rand(nested.values().shape, dtype=torch.float64), nested.offsets()
-        ).detach().requires_grad_()
+        psw = (
+            torch.nested.nested_tensor_from_jagged(
+                torch.rand(nested.values().shape, dtype=torch.float64), nested.offsets()
+            )
+            .detach()
+            .requires_grad_()
+        )
     weight = table()
     mybag.embedding_bag(nested, weight, mode="sum", per_sample_weights=psw).sum().backward()
     expected = weight[nested.values()].sum(1)
@@ -122,7 +126,9 @@ def test_include_last_offset_is_irrelevant_for_nested_input():
     weight = table()
     expected = F.embedding_bag(nested, weight, mode="sum")
     for include_last_offset in (False, True):
-        ours = mybag.embedding_bag(nested, weight, mode="sum", include_last_offset=include_last_offset)
+        ours = mybag.embedding_bag(
+            nested, weight, mode="sum", include_last_offset=include_last_offset
+        )
         torch.testing.assert_close(ours, expected, **TIGHT)
 
 
@@ -131,7 +137,10 @@ def test_nested_input_with_holes_uses_each_component_only():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         nested = torch.nested.narrow(
-            torch.arange(12).view(3, 4), 1, torch.tensor([0, 1, 0]), torch.tensor([2, 3, 1]),
+            torch.arange(12).view(3, 4),
+            1,
+            torch.tensor([0, 1, 0]),
+            torch.tensor([2, 3, 1]),
             layout=torch.jagged,
         )
     assert nested.lengths() is not None
@@ -167,8 +176,9 @@ def test_per_sample_weights_of_another_structure_is_a_value_error():
 def test_nested_per_sample_weights_with_plain_input_is_a_value_error():
     psw, _ = weights_like(bags())
     with pytest.raises(ValueError, match=r"per_sample_weights is a nested tensor but input is not"):
-        mybag.embedding_bag(torch.tensor([1, 2]), table(), torch.tensor([0]), mode="sum",
-                            per_sample_weights=psw)
+        mybag.embedding_bag(
+            torch.tensor([1, 2]), table(), torch.tensor([0]), mode="sum", per_sample_weights=psw
+        )
 
 
 def test_per_sample_weights_with_mean_mode_is_rejected_as_in_torch():

@@ -46,7 +46,7 @@ def run_exported(model, args, tmp_path, **export_options):
 
 
 def ort_output(session, names, args):
-    feeds = {name: arg.numpy() for name, arg in zip(names, args)}
+    feeds = {name: arg.numpy() for name, arg in zip(names, args, strict=True)}
     return torch.from_numpy(session.run(None, feeds)[0])
 
 
@@ -55,18 +55,21 @@ CASES = {
     "mean-1d-padding": (dict(mode="mean", padding_idx=0), (INPUT_1D, OFFSETS)),
     "max-1d-padding": (dict(mode="max", padding_idx=0), (INPUT_1D, OFFSETS)),
     "mean-include_last_offset": (
-        dict(mode="mean", include_last_offset=True), (INPUT_1D, torch.tensor([0, 3, 3, 7, 10]))
+        dict(mode="mean", include_last_offset=True),
+        (INPUT_1D, torch.tensor([0, 3, 3, 7, 10])),
     ),
     "sum-2d-padding": (dict(mode="sum", padding_idx=0), (INPUT_2D,)),
     "mean-2d-padding": (dict(mode="mean", padding_idx=-25), (INPUT_2D,)),
     "max-2d": (dict(mode="max"), (INPUT_2D,)),
     "sum-per_sample_weights": (
-        dict(mode="sum", padding_idx=7), (INPUT_1D, OFFSETS, torch.rand(len(INPUT_1D)))
+        dict(mode="sum", padding_idx=7),
+        (INPUT_1D, OFFSETS, torch.rand(len(INPUT_1D))),
     ),
     "mean-max_norm": (dict(mode="mean", max_norm=1.0), (INPUT_1D, OFFSETS)),
     "sum-max_norm-p1": (dict(mode="sum", max_norm=1.5, norm_type=1.0), (INPUT_2D,)),
     "sparse-scale_grad_by_freq": (
-        dict(mode="sum", sparse=True, scale_grad_by_freq=True), (INPUT_1D, OFFSETS)
+        dict(mode="sum", sparse=True, scale_grad_by_freq=True),
+        (INPUT_1D, OFFSETS),
     ),
     "int32": (dict(mode="mean"), (INPUT_1D.int(), OFFSETS.int())),
 }
@@ -111,8 +114,9 @@ def test_nan_in_a_max_bag_gives_nan_as_in_eager(tmp_path):
     with torch.no_grad():
         expected = model(INPUT_1D, OFFSETS)
     assert expected.isnan().sum() == 3
-    torch.testing.assert_close(ort_output(session, names, (INPUT_1D, OFFSETS)), expected,
-                               rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        ort_output(session, names, (INPUT_1D, OFFSETS)), expected, rtol=0, atol=0, equal_nan=True
+    )
 
 
 def test_float16_table(tmp_path):
@@ -138,11 +142,14 @@ def test_functional_in_a_plain_module_exports(tmp_path):
     session, names = run_exported(model, (INPUT_1D, OFFSETS), tmp_path)
     with torch.no_grad():
         expected = model(INPUT_1D, OFFSETS)
-    torch.testing.assert_close(ort_output(session, names, (INPUT_1D, OFFSETS)), expected,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        ort_output(session, names, (INPUT_1D, OFFSETS)), expected, rtol=1e-12, atol=1e-12
+    )
 
 
-@pytest.mark.parametrize("case", ["sum-1d", "max-1d-padding", "mean-2d-padding", "sum-per_sample_weights"])
+@pytest.mark.parametrize(
+    "case", ["sum-1d", "max-1d-padding", "mean-2d-padding", "sum-per_sample_weights"]
+)
 def test_torchscript_exporter_too(case, tmp_path):
     options, args = CASES[case]
     model = Model(**options).eval()

@@ -78,8 +78,15 @@ def embedding_bag(
         if torch.onnx.is_in_onnx_export():
             # ONNX has no mybag operator: trace the same forward in ops it has.
             return _for_onnx(
-                input, weight, offsets, max_norm, norm_type, mode, per_sample_weights,
-                include_last_offset, padding_idx,
+                input,
+                weight,
+                offsets,
+                max_norm,
+                norm_type,
+                mode,
+                per_sample_weights,
+                include_last_offset,
+                padding_idx,
             )
     return torch.ops.mybag.embedding_bag(
         input,
@@ -109,6 +116,13 @@ def _for_onnx(
     padding_idx: Optional[int],
 ) -> Tensor:
     return embedding_bag_for_export(
-        input, weight, offsets, max_norm, norm_type, mode, per_sample_weights,
-        include_last_offset, padding_idx,
+        input,
+        weight,
+        offsets,
+        max_norm,
+        norm_type,
+        mode,
+        per_sample_weights,
+        include_last_offset,
+        padding_idx,
     )

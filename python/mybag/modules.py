@@ -39,7 +39,6 @@ tested in tests/test_torch_tools.py):
 
 from typing import Dict, Optional
 
-import torch
 from torch import Tensor, nn
 
 from mybag.functional import embedding_bag
