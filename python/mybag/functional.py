@@ -75,7 +75,11 @@ def embedding_bag(
             # As torch does: the components are the bags, given as values + B + 1 offsets.
             input, offsets, per_sample_weights = unpack_nested(input, offsets, per_sample_weights)
             include_last_offset = True
-        if torch.onnx.is_in_onnx_export():
+        # Both ONNX exporters trace (jit tracing, or torch.export, where is_compiling() is
+        # true): the cheap checks first spare every eager call the import and the lookups of
+        # is_in_onnx_export().
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if tracing and torch.onnx.is_in_onnx_export():
             # ONNX has no mybag operator: trace the same forward in ops it has.
             return _for_onnx(
                 input,
