@@ -13,11 +13,11 @@ failed inside DDP ("Cannot access storage of SparseTensorImpl"). Only ``forward`
 operator), the constructor's argument checks (``ValueError`` where torch asserts),
 ``from_pretrained``'s check and the ``repr`` name are overridden.
 
-What the subclass changes for torch's tools that special-case ``nn.EmbeddingBag`` (each is
-tested in tests/test_torch_tools.py):
+What the subclass changes for torch's tools that special-case ``nn.EmbeddingBag`` (tested in
+tests/test_torch_tools.py, test_ddp.py and test_fsdp.py; torchrec only read):
 
 - DDP (``isinstance``): sparse gradients are recognized and all-reduced, as for torch's module.
-- ``torch.ao.quantization`` (``quantize_dynamic``, ``prepare``/``prepare_qat``, ``convert``):
+- ``torch.ao.quantization`` (``quantize_dynamic``, ``prepare_qat``, ``convert``):
   they look modules up by exact ``type(module)`` in their qconfig and mapping dicts, so a
   mybag module is left as it is, in float, running mybag's kernel; even a mapping entry for
   it fails, since ``nnq.EmbeddingBag.from_float`` accepts only the exact type. To quantize,
