@@ -87,7 +87,7 @@ def test_constructor_matches_torch(options):
     assert ours.weight.shape == (NUM_EMBEDDINGS, EMBEDDING_DIM)
     assert ours.weight.dtype == theirs.weight.dtype
     assert list(ours.buffers()) == []
-    assert repr(ours) == repr(theirs)
+    assert repr(ours) == "mybag." + repr(theirs)
 
 
 def test_constructor_defaults_match_torch():
@@ -144,9 +144,18 @@ def test_given_weight_is_wrapped_without_copy():
     ],
 )
 def test_repr(options, expected):
+    # torch's fields, word for word, under a name that says the module is mybag's: a swapped
+    # model must not print exactly like the original.
     ours, theirs = pair(**options)
     assert repr(theirs) == expected
-    assert repr(ours) == expected
+    assert repr(ours) == "mybag." + expected
+
+
+def test_repr_of_a_swapped_model_names_mybag():
+    model = nn.Sequential(nn.EmbeddingBag(1000, 64, mode="sum"), nn.Linear(64, 1))
+    assert "(0): EmbeddingBag(1000, 64, mode='sum')" in repr(model)
+    swap_embedding_bags(model)
+    assert "(0): mybag.EmbeddingBag(1000, 64, mode='sum')" in repr(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,7 +558,7 @@ def test_from_torch_copies_every_option():
     assert options_of(ours) == options_of(module)
     assert ours.weight is module.weight
     assert ours.weight.dtype == torch.float64
-    assert repr(ours) == repr(module)
+    assert repr(ours) == "mybag." + repr(module)
 
 
 # ---------------------------------------------------------------------------------------------

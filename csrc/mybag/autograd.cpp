@@ -35,9 +35,12 @@ at::Tensor sparse_weight_grad(const at::Tensor& per_entry, const at::Tensor& inp
     rows = rows.index_select(0, kept);
     values = values.index_select(0, kept);
   }
-  return at::_sparse_coo_tensor_unsafe(rows.unsqueeze(0), values,
-                                       {num_weights, per_entry.size(1)},
-                                       values.options().layout(at::kSparse));
+  // Sizes stay symbolic: per_entry.size(1) would materialize every size of per_entry as an
+  // integer, and under torch.compile that guards its first size (the number of entries) to
+  // the traced value, a new graph for every input length.
+  const c10::SymInt sizes[] = {c10::SymInt(num_weights), per_entry.sym_size(1)};
+  return at::_sparse_coo_tensor_unsafe_symint(rows.unsqueeze(0), values, sizes,
+                                              values.options().layout(at::kSparse));
 }
 
 class EmbeddingBagFunction : public torch::autograd::Function<EmbeddingBagFunction> {

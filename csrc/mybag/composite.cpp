@@ -34,6 +34,16 @@ std::pair<at::Tensor, std::optional<at::Tensor>> promoted_indices(
   return {input.to(common), offsets->to(common)};
 }
 
+// The operator takes plain tensors; the Python functional and module unpack a jagged nested
+// input (one bag per component) before they call it. Without this check a nested tensor fails
+// deeper down with an error that names no argument.
+void reject_nested(const char* name, const at::Tensor& tensor) {
+  TORCH_CHECK_VALUE(!(tensor.defined() && tensor.is_nested()), "embedding_bag: ", name,
+                    " is a nested tensor, which torch.ops.mybag.embedding_bag does not take; "
+                    "call mybag.embedding_bag or mybag.EmbeddingBag, which take a 2-D jagged "
+                    "nested input as one bag per component");
+}
+
 at::Tensor embedding_bag_composite(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -46,6 +56,12 @@ at::Tensor embedding_bag_composite(
     const std::optional<at::Tensor>& per_sample_weights_arg,
     bool include_last_offset_arg,
     std::optional<int64_t> padding_idx) {
+  reject_nested("input", input);
+  reject_nested("weight", weight);
+  if (offsets_arg.has_value()) reject_nested("offsets", *offsets_arg);
+  if (per_sample_weights_arg.has_value()) {
+    reject_nested("per_sample_weights", *per_sample_weights_arg);
+  }
   const Mode mode = parse_mode(std::string_view(mode_name_arg.data(), mode_name_arg.size()));
   const auto offsets = offsets_arg.has_value() && offsets_arg->defined() ? offsets_arg : std::nullopt;
   const auto per_sample_weights = per_sample_weights_arg.has_value() && per_sample_weights_arg->defined()

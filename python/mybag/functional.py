@@ -5,6 +5,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mybag.nested import is_nested, unpack_nested
+from mybag.onnx_export import embedding_bag_for_export
+
 
 def embedding_bag(
     input: Tensor,
@@ -24,7 +27,10 @@ def embedding_bag(
 
     Args:
         input (LongTensor or IntTensor): the row indices. Either 1-D ``(N,)``, split into bags
-            by ``offsets``, or 2-D ``(B, L)``, one bag of ``L`` indices per row.
+            by ``offsets``, or 2-D ``(B, L)``, one bag of ``L`` indices per row, or a 2-D
+            jagged ``torch.nested`` tensor ``(B, j)``, one bag per component (then
+            ``offsets`` must be None and ``per_sample_weights``, if given, a nested tensor of
+            the same structure; see :mod:`mybag.nested`).
         weight (Tensor): the embedding table, ``(num_embeddings, embedding_dim)``; float32,
             float64, float16 or bfloat16 (the last two accumulate in float32).
         offsets (LongTensor or IntTensor, optional): for 1-D ``input`` only: where each bag
@@ -64,6 +70,28 @@ def embedding_bag(
         tensor([[0.4000, 0.1000],
                 [0.1000, 0.2000]])
     """
+    if not torch.jit.is_scripting():
+        if is_nested(input) or is_nested(per_sample_weights):
+            # As torch does: the components are the bags, given as values + B + 1 offsets.
+            input, offsets, per_sample_weights = unpack_nested(input, offsets, per_sample_weights)
+            include_last_offset = True
+        # Both ONNX exporters trace (jit tracing, or torch.export, where is_compiling() is
+        # true): the cheap checks first spare every eager call the import and the lookups of
+        # is_in_onnx_export().
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if tracing and torch.onnx.is_in_onnx_export():
+            # ONNX has no mybag operator: trace the same forward in ops it has.
+            return _for_onnx(
+                input,
+                weight,
+                offsets,
+                max_norm,
+                norm_type,
+                mode,
+                per_sample_weights,
+                include_last_offset,
+                padding_idx,
+            )
     return torch.ops.mybag.embedding_bag(
         input,
         weight,
@@ -73,6 +101,31 @@ def embedding_bag(
         scale_grad_by_freq,
         mode,
         sparse,
+        per_sample_weights,
+        include_last_offset,
+        padding_idx,
+    )
+
+
+@torch.jit.unused
+def _for_onnx(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Optional[Tensor],
+    max_norm: Optional[float],
+    norm_type: float,
+    mode: str,
+    per_sample_weights: Optional[Tensor],
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+) -> Tensor:
+    return embedding_bag_for_export(
+        input,
+        weight,
+        offsets,
+        max_norm,
+        norm_type,
+        mode,
         per_sample_weights,
         include_last_offset,
         padding_idx,

@@ -1,15 +1,44 @@
 """``mybag.EmbeddingBag``: a drop-in for :class:`torch.nn.EmbeddingBag`, and a helper that swaps
 it into an existing model.
 
-The module keeps torch's constructor, attributes, ``repr`` and ``state_dict`` (one parameter,
-``weight``), so checkpoints move between the two unchanged. It is a plain ``nn.Module`` rather
-than a subclass of ``nn.EmbeddingBag``: code that dispatches on ``isinstance(m,
-nn.EmbeddingBag)`` (quantization, sharding planners) must not mistake it for torch's kernel.
+The module keeps torch's constructor, attributes and ``state_dict`` (one parameter, ``weight``),
+so checkpoints move between the two unchanged; its ``repr`` has torch's fields under the name
+``mybag.EmbeddingBag``, so a swapped model shows that it was swapped.
+
+Why a subclass of ``torch.nn.EmbeddingBag``: third-party code recognizes embedding bags with
+``isinstance(module, nn.EmbeddingBag)``, and some of it breaks on anything else. The case that
+forced the decision is DistributedDataParallel, which lets only instances of ``nn.Embedding``
+and ``nn.EmbeddingBag`` produce sparse gradients: as a plain ``nn.Module``, ``sparse=True``
+failed inside DDP ("Cannot access storage of SparseTensorImpl"). Only ``forward`` (mybag's
+operator), the constructor's argument checks (``ValueError`` where torch asserts),
+``from_pretrained``'s check and the ``repr`` name are overridden.
+
+What the subclass changes for torch's tools that special-case ``nn.EmbeddingBag`` (tested in
+tests/test_torch_tools.py, test_ddp.py and test_fsdp.py; torchrec only read):
+
+- DDP (``isinstance``): sparse gradients are recognized and all-reduced, as for torch's module.
+- ``torch.ao.quantization`` (``quantize_dynamic``, ``prepare_qat``, ``convert``):
+  they look modules up by exact ``type(module)`` in their qconfig and mapping dicts, so a
+  mybag module is left as it is, in float, running mybag's kernel; even a mapping entry for
+  it fails, since ``nnq.EmbeddingBag.from_float`` accepts only the exact type. To quantize,
+  quantize torch's module and do not swap it (``swap_embedding_bags`` leaves quantized
+  modules alone).
+- FSDP: ``ModuleWrapPolicy({nn.EmbeddingBag})`` matches with ``isinstance`` and so gives
+  mybag's module its own unit, as torch's; ``ignored_modules`` takes instances and does not
+  look at classes; ``fully_shard`` trains it like torch's module (tests/test_fsdp.py).
+- torchrec (read from its source; not installed here): ``DistributedModelParallel`` looks its
+  sharders up by exact ``type(module)``, so a mybag module is not sharded; it stays
+  data-parallel under the DDP wrapper, which handles its sparse gradients.
+- ``torch.fx.symbolic_trace``: torch's module is a leaf because it lives in ``torch.nn``;
+  mybag's is traced through, so the graph holds the ``mybag::embedding_bag`` call itself.
+- ``swap_embedding_bags`` (below) and other swappers that compare ``type(module) is
+  nn.EmbeddingBag`` never replace a mybag module; swappers that use ``isinstance`` (as some
+  sharding and inference tools do) will treat it as torch's module and replace it, with its
+  options and weight, by their own kernel: the same outcome as for torch's module.
 """
 
 from typing import Dict, Optional
 
-import torch
 from torch import Tensor, nn
 
 from mybag.functional import embedding_bag
@@ -30,14 +59,16 @@ def _normalize_padding_idx(padding_idx: Optional[int], num_embeddings: int) -> O
     return padding_idx + num_embeddings if padding_idx < 0 else padding_idx
 
 
-class EmbeddingBag(nn.Module):
+class EmbeddingBag(nn.EmbeddingBag):
     r"""Sums, averages or takes the maximum of bags of embeddings, computed by
     ``torch.ops.mybag.embedding_bag``.
 
-    Same constructor, attributes, ``forward``, ``repr`` and ``state_dict`` as
-    :class:`torch.nn.EmbeddingBag`; see :func:`mybag.embedding_bag` for the options and for where
-    mybag is stricter than torch (decreasing offsets are rejected, a NaN in ``max`` mode always
-    propagates, ``sparse`` works with ``scale_grad_by_freq``, a failed call never renormalizes).
+    A subclass of :class:`torch.nn.EmbeddingBag` with the same constructor, attributes,
+    ``reset_parameters``, ``state_dict`` and ``repr`` fields (``repr`` names the class
+    ``mybag.EmbeddingBag``); ``forward`` runs mybag's operator. See :func:`mybag.embedding_bag`
+    for the options and for where mybag is stricter than torch (decreasing offsets are
+    rejected, a NaN in ``max`` mode always propagates, ``sparse`` works with
+    ``scale_grad_by_freq``, a failed call never renormalizes).
 
     Args:
         num_embeddings (int): rows of the table.
@@ -58,29 +89,6 @@ class EmbeddingBag(nn.Module):
             ``_weight`` whose shape is not ``(num_embeddings, embedding_dim)``.
     """
 
-    __constants__ = [
-        "num_embeddings",
-        "embedding_dim",
-        "max_norm",
-        "norm_type",
-        "scale_grad_by_freq",
-        "mode",
-        "sparse",
-        "include_last_offset",
-        "padding_idx",
-    ]
-
-    num_embeddings: int
-    embedding_dim: int
-    max_norm: Optional[float]
-    norm_type: float
-    scale_grad_by_freq: bool
-    weight: Tensor
-    mode: str
-    sparse: bool
-    include_last_offset: bool
-    padding_idx: Optional[int]
-
     def __init__(
         self,
         num_embeddings: int,
@@ -96,36 +104,32 @@ class EmbeddingBag(nn.Module):
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__()
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
-        self.max_norm = max_norm
-        self.norm_type = norm_type
-        self.scale_grad_by_freq = scale_grad_by_freq
-        self.mode = mode
-        self.sparse = sparse
-        self.include_last_offset = include_last_offset
-        self.padding_idx = _normalize_padding_idx(padding_idx, num_embeddings)
-        if _weight is None:
-            self.weight = nn.Parameter(
-                torch.empty((num_embeddings, embedding_dim), device=device, dtype=dtype)
+        # torch's constructor asserts on these; check first so the user gets a ValueError.
+        _normalize_padding_idx(padding_idx, num_embeddings)
+        if _weight is not None and list(_weight.shape) != [num_embeddings, embedding_dim]:
+            raise ValueError(
+                f"EmbeddingBag: _weight has shape {tuple(_weight.shape)}; expected "
+                f"(num_embeddings, embedding_dim) = ({num_embeddings}, {embedding_dim})"
             )
-            self.reset_parameters()
-        else:
-            if list(_weight.shape) != [num_embeddings, embedding_dim]:
-                raise ValueError(
-                    f"EmbeddingBag: _weight has shape {tuple(_weight.shape)}; expected "
-                    f"(num_embeddings, embedding_dim) = ({num_embeddings}, {embedding_dim})"
-                )
-            self.weight = nn.Parameter(_weight)
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            scale_grad_by_freq=scale_grad_by_freq,
+            mode=mode,
+            sparse=sparse,
+            _weight=_weight,
+            include_last_offset=include_last_offset,
+            padding_idx=padding_idx,
+            device=device,
+            dtype=dtype,
+        )
 
-    def reset_parameters(self) -> None:
-        """Refills ``weight`` from N(0, 1) (the same random stream as torch's module) and
-        zeroes the ``padding_idx`` row."""
-        with torch.no_grad():
-            self.weight.normal_()
-            if self.padding_idx is not None:
-                self.weight[self.padding_idx].fill_(0)
+    def _get_name(self) -> str:
+        # repr keeps torch's fields but says whose module this is: a swapped model must not
+        # print exactly like the original.
+        return "mybag.EmbeddingBag"
 
     def forward(
         self,
@@ -149,20 +153,6 @@ class EmbeddingBag(nn.Module):
             self.include_last_offset,
             self.padding_idx,
         )
-
-    def extra_repr(self) -> str:
-        # Word for word what torch prints, so the two modules' reprs are interchangeable.
-        parts = [repr(self.num_embeddings), repr(self.embedding_dim)]
-        if self.max_norm is not None:
-            parts.append(f"max_norm={self.max_norm!r}")
-        if self.norm_type != 2:
-            parts.append(f"norm_type={self.norm_type!r}")
-        if self.scale_grad_by_freq is not False:
-            parts.append(f"scale_grad_by_freq={self.scale_grad_by_freq!r}")
-        parts.append(f"mode={self.mode!r}")
-        if self.padding_idx is not None:
-            parts.append(f"padding_idx={self.padding_idx!r}")
-        return ", ".join(parts)
 
     @classmethod
     def from_pretrained(
