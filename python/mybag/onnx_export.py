@@ -1,16 +1,13 @@
 """mybag's forward in standard torch ops, for ``torch.onnx.export``.
 
 ONNX has no mybag operator, and neither of torch's exporters can translate one without extra
-arguments from the user. Two hooks make a user's plain ``torch.onnx.export(model, args)`` work:
-
-- during an ONNX export (``torch.onnx.is_in_onnx_export()``), ``mybag.embedding_bag`` (and so
-  the module) computes its forward with ``embedding_bag_for_export`` instead of calling the
-  operator: both exporters translate those ops, and every option is covered;
-- for models that call ``torch.ops.mybag.embedding_bag`` directly, the internal forward op
-  it decomposes into has a decomposition in torch's decomposition table, which the default
-  (dynamo) exporter applies; it also computes ``max_indices``, so it is a faithful
-  decomposition wherever else the table is used. (``max_norm`` there is an in-place op on the
-  table, which has no decomposition: that export fails naming ``_embedding_bag_renorm_``.)
+arguments from the user. So, during an ONNX export (``torch.onnx.is_in_onnx_export()``),
+``mybag.embedding_bag`` (and so the module) computes its forward with
+``embedding_bag_for_export`` instead of calling the operator: both exporters translate those
+ops, and every option is covered. A model that calls ``torch.ops.mybag.embedding_bag`` itself
+does not export (the exporter names the op). A decomposition of the internal op in torch's
+global decomposition table would let it, but inductor (torch 2.13) then refuses to compile the
+op at all ("a decomposition exists, we should switch to it"), so there is none.
 
 The graph is vectorized (gather, scatter-add, scatter-reduce; no loop over bags).
 
@@ -19,11 +16,10 @@ applied to the gathered rows instead of to the table in place; the output is the
 Checks on index values (out of range, bad offsets) are not part of the graph.
 """
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
-from torch._decomp import register_decomposition
 
 _MODES = ("sum", "mean", "max")
 
@@ -74,7 +70,7 @@ def embedding_bag_for_export(
             raise ValueError("embedding_bag: 1-D input needs 1-D offsets")
     else:
         raise ValueError(f"embedding_bag: input has to be 1-D or 2-D, but got {input.dim()}-D")
-    output, _ = _reduce_bags(
+    return _reduce_bags(
         weight,
         input,
         offsets,
@@ -84,35 +80,6 @@ def embedding_bag_for_export(
         include_last_offset,
         max_norm,
         norm_type,
-        with_winners=False,
-    )
-    return output
-
-
-@register_decomposition(torch.ops.mybag._embedding_bag_forward.default)
-def _forward_decomposition(
-    weight: Tensor,
-    input: Tensor,
-    offsets: Optional[Tensor],
-    per_sample_weights: Optional[Tensor],
-    mode: int,
-    padding_idx: Optional[int],
-    include_last_offset: bool,
-    scale_grad_by_freq: bool,
-    sparse: bool,
-) -> Tuple[Tensor, Tensor]:
-    # The internal op's arguments are already checked and normalized by the public op.
-    return _reduce_bags(
-        weight,
-        input,
-        offsets,
-        per_sample_weights,
-        _MODES[mode],
-        padding_idx,
-        include_last_offset,
-        None,
-        2.0,
-        with_winners=True,
     )
 
 
@@ -126,10 +93,8 @@ def _reduce_bags(
     include_last_offset: bool,
     max_norm: Optional[float],
     norm_type: float,
-    with_winners: bool,
-) -> Tuple[Tensor, Tensor]:
-    """``(output, max_indices)`` as the internal forward op returns them; ``max_indices`` is
-    computed (max mode) only ``with_winners``."""
+) -> Tensor:
+    """The bags' reductions, as the internal forward op computes them."""
     dim = weight.shape[1]
     if input.dim() == 2:
         num_bags, bag_length = input.shape
@@ -169,8 +134,6 @@ def _reduce_bags(
         # leaves that to the runtime (onnxruntime drops some NaNs), so count them.
         nans = torch.zeros((num_bags, dim), dtype=acc_dtype, device=weight.device)
         nans = nans.scatter_add(0, bag_per_value, rows.isnan().to(acc_dtype))
-        if with_winners:
-            winners = _winners(rows, indices, counted, bag_per_value, output, nans > 0)
         output = torch.where(nans > 0, float("nan"), output)
         # An empty bag (or one of padding only) gives zeros, not -inf.
         output = torch.where(counts.unsqueeze(1) > 0, output, torch.zeros_like(output))
@@ -180,32 +143,5 @@ def _reduce_bags(
         output = output.scatter_add(0, bag_per_value, rows)
         if mode == "mean":
             output = output / counts.clamp(min=1).unsqueeze(1)
-    if not (with_winners and mode == "max"):
-        winners = torch.empty((0, 0), dtype=torch.int64, device=weight.device)
-    return output.to(weight.dtype), winners
+    return output.to(weight.dtype)
 
-
-def _winners(
-    rows: Tensor,
-    indices: Tensor,
-    counted: Tensor,
-    bag_per_value: Tensor,
-    bag_max: Tensor,
-    bag_has_nan: Tensor,
-) -> Tensor:
-    """max mode's ``max_indices``: for each (bag, feature) the table row of the entry that
-    won, by the kernels' rule (the first NaN if there is one, else the first maximum), or -1
-    for a bag with no counted entry."""
-    num_entries = rows.shape[0]
-    wins = torch.where(
-        bag_has_nan.gather(0, bag_per_value), rows.isnan(), rows == bag_max.gather(0, bag_per_value)
-    )
-    wins = wins & counted.unsqueeze(1)
-    position = torch.arange(num_entries, device=rows.device).unsqueeze(1).expand_as(rows)
-    # "No winner" is position num_entries, where a -1 is appended to the rows.
-    first = torch.full_like(bag_max, num_entries, dtype=torch.int64)
-    first = first.scatter_reduce(
-        0, bag_per_value, torch.where(wins, position, num_entries), reduce="amin", include_self=True
-    )
-    row_or_none = torch.cat([indices, indices.new_full((1,), -1)])
-    return row_or_none[first]
