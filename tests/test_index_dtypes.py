@@ -5,11 +5,10 @@ and accepts, is rejected (README, "Differences from torch")."""
 
 import itertools
 
+import mybag
 import pytest
 import torch
 import torch.nn.functional as F
-
-import mybag
 
 INTEGER_DTYPES = [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64]
 INDEX_DTYPES = {torch.int32, torch.int64}
