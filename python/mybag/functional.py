@@ -81,7 +81,7 @@ def embedding_bag(
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
         if tracing and torch.onnx.is_in_onnx_export():
             # ONNX has no mybag operator: trace the same forward in ops it has.
-            return _for_onnx(
+            return embedding_bag_for_export(
                 input,
                 weight,
                 offsets,
@@ -106,27 +106,3 @@ def embedding_bag(
         padding_idx,
     )
 
-
-@torch.jit.unused
-def _for_onnx(
-    input: Tensor,
-    weight: Tensor,
-    offsets: Optional[Tensor],
-    max_norm: Optional[float],
-    norm_type: float,
-    mode: str,
-    per_sample_weights: Optional[Tensor],
-    include_last_offset: bool,
-    padding_idx: Optional[int],
-) -> Tensor:
-    return embedding_bag_for_export(
-        input,
-        weight,
-        offsets,
-        max_norm,
-        norm_type,
-        mode,
-        per_sample_weights,
-        include_last_offset,
-        padding_idx,
-    )

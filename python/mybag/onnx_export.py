@@ -41,6 +41,8 @@ def _renormed(rows: Tensor, max_norm: float, norm_type: float) -> Tensor:
     return rows * scale
 
 
+# TorchScript compiles mybag.embedding_bag, which calls this only while exporting to ONNX.
+@torch.jit.unused
 def embedding_bag_for_export(
     input: Tensor,
     weight: Tensor,
