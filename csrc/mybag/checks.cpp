@@ -141,6 +141,14 @@ int64_t normalize_padding_idx(std::optional<int64_t> padding_idx, int64_t num_we
   return *padding_idx < 0 ? *padding_idx + num_weights : *padding_idx;
 }
 
+int64_t module_padding_idx(int64_t padding_idx, int64_t num_embeddings) {
+  TORCH_CHECK_VALUE(padding_idx >= -num_embeddings && padding_idx < num_embeddings,
+                    "EmbeddingBag: padding_idx=", padding_idx,
+                    " is out of range; expected an integer in [-num_embeddings, num_embeddings) = [",
+                    -num_embeddings, ", ", num_embeddings, ")");
+  return padding_idx < 0 ? padding_idx + num_embeddings : padding_idx;
+}
+
 void check_max_norm(double max_norm) {
   TORCH_CHECK_VALUE(max_norm >= 0, "embedding_bag: max_norm has to be a number >= 0, but got ",
                     max_norm);
@@ -186,11 +194,27 @@ void check_grad(const at::Tensor& grad, const c10::SymInt& bags, const c10::SymI
               "), but got ", grad.scalar_type());
 }
 
+void check_not_nested(const char* name, const at::Tensor& tensor) {
+  TORCH_CHECK_VALUE(!(tensor.defined() && tensor.is_nested()), "embedding_bag: ", name,
+                    " is a nested tensor, which torch.ops.mybag.embedding_bag does not take; "
+                    "call mybag.embedding_bag or mybag.EmbeddingBag, which take a 2-D jagged "
+                    "nested input as one bag per component");
+}
+
+void check_mode_options(Mode mode, bool scale_grad_by_freq, bool sparse) {
+  if (mode != Mode::Max) return;
+  TORCH_CHECK_VALUE(!scale_grad_by_freq,
+                    "embedding_bag: mode='max' does not support scale_grad_by_freq=True");
+  TORCH_CHECK_VALUE(!sparse, "embedding_bag: mode='max' does not support sparse=True");
+}
+
 void check_forward_args(const at::Tensor& weight, const at::Tensor& input,
                         const std::optional<at::Tensor>& offsets,
                         const std::optional<at::Tensor>& per_sample_weights, Mode mode,
-                        std::optional<int64_t> padding_idx, bool include_last_offset) {
+                        std::optional<int64_t> padding_idx, bool include_last_offset,
+                        bool scale_grad_by_freq, bool sparse) {
   check_inputs(input, weight, offsets, per_sample_weights, mode, include_last_offset);
+  check_mode_options(mode, scale_grad_by_freq, sparse);
   check_padding_idx(padding_idx, weight.sym_size(0));
 }
 

@@ -45,6 +45,12 @@ void check_padding_idx(std::optional<int64_t> padding_idx, const c10::SymInt& nu
 // Checks padding_idx and returns it as a row index, or -1 when there is none.
 int64_t normalize_padding_idx(std::optional<int64_t> padding_idx, int64_t num_weights);
 
+// The module front ends (mybag.EmbeddingBag in Python, mybag::EmbeddingBag in C++) check
+// padding_idx when they are built, before any call: a ValueError in both (torch's module asserts;
+// the op itself, as torch's, raises a RuntimeError through check_padding_idx). Returns it
+// non-negative, as the modules store it. The Python module raises the same text.
+int64_t module_padding_idx(int64_t padding_idx, int64_t num_embeddings);
+
 // max_norm has to be a number >= 0 (torch does not check: a negative one flips rows' signs).
 void check_max_norm(double max_norm);
 
@@ -68,12 +74,22 @@ void check_grad_tensor(const at::Tensor& grad);
 void check_grad(const at::Tensor& grad, const c10::SymInt& bags, const c10::SymInt& embedding_dim,
                 at::ScalarType weight_dtype);
 
+// The public op takes plain tensors: the Python functional and module unpack a jagged nested
+// input (one bag per component) before they call it. Names the argument that is nested.
+void check_not_nested(const char* name, const at::Tensor& tensor);
+
+// Max mode has neither a per-entry gradient nor a row count: no sparse, no scale_grad_by_freq.
+void check_mode_options(Mode mode, bool scale_grad_by_freq, bool sparse);
+
 // Everything each internal op checks before it reads a value: the device kernels and the Meta
-// kernels call the same function, so all of them accept and reject the same arguments.
+// kernels call the same function, so all of them accept and reject the same arguments. The
+// public op relies on the forward's checks (it repeats them only before max_norm's renorm,
+// which writes before the forward runs).
 void check_forward_args(const at::Tensor& weight, const at::Tensor& input,
                         const std::optional<at::Tensor>& offsets,
                         const std::optional<at::Tensor>& per_sample_weights, Mode mode,
-                        std::optional<int64_t> padding_idx, bool include_last_offset);
+                        std::optional<int64_t> padding_idx, bool include_last_offset,
+                        bool scale_grad_by_freq, bool sparse);
 void check_renorm_args(const at::Tensor& weight, const at::Tensor& input,
                        const std::optional<at::Tensor>& offsets, bool include_last_offset,
                        double max_norm);

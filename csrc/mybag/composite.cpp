@@ -2,8 +2,10 @@
 // every device and under every tracer by calling the internal ops, which hold the device
 // kernels, the Meta kernels and autograd.
 //
-// Order matters for "a failed call modifies nothing": every check that needs no index values
-// runs here first; the renorm op then checks the index values before it writes.
+// Order matters for "a failed call modifies nothing": with max_norm, every check that needs no
+// index values runs here first, and the renorm op then checks the index values before it writes.
+// Without max_norm nothing is written before the forward, whose kernel checks the same things:
+// they run once per call.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_to_copy.h>
 #include <c10/core/GradMode.h>
@@ -21,7 +23,7 @@ namespace {
 // input and offsets of different integer dtypes meet at their promoted type, as in torch: the
 // kernels then see one dtype. That lets int8/uint8/int16 pair with int32/int64 (torch accepts
 // those); check_index_dtypes rejects two narrow ones, as torch does. Anything else (bool, a
-// floating dtype) is left as it is, for check_inputs to reject.
+// floating dtype) is left as it is, for the forward's checks to reject.
 std::pair<at::Tensor, std::optional<at::Tensor>> promoted_indices(
     const at::Tensor& input,
     const std::optional<at::Tensor>& offsets) {
@@ -32,16 +34,6 @@ std::pair<at::Tensor, std::optional<at::Tensor>> promoted_indices(
   }
   const at::ScalarType common = at::promoteTypes(input.scalar_type(), offsets->scalar_type());
   return {input.to(common), offsets->to(common)};
-}
-
-// The operator takes plain tensors; the Python functional and module unpack a jagged nested
-// input (one bag per component) before they call it. Without this check a nested tensor fails
-// deeper down with an error that names no argument.
-void reject_nested(const char* name, const at::Tensor& tensor) {
-  TORCH_CHECK_VALUE(!(tensor.defined() && tensor.is_nested()), "embedding_bag: ", name,
-                    " is a nested tensor, which torch.ops.mybag.embedding_bag does not take; "
-                    "call mybag.embedding_bag or mybag.EmbeddingBag, which take a 2-D jagged "
-                    "nested input as one bag per component");
 }
 
 at::Tensor embedding_bag_composite(
@@ -56,11 +48,11 @@ at::Tensor embedding_bag_composite(
     const std::optional<at::Tensor>& per_sample_weights_arg,
     bool include_last_offset_arg,
     std::optional<int64_t> padding_idx) {
-  reject_nested("input", input);
-  reject_nested("weight", weight);
-  if (offsets_arg.has_value()) reject_nested("offsets", *offsets_arg);
+  check_not_nested("input", input);
+  check_not_nested("weight", weight);
+  if (offsets_arg.has_value()) check_not_nested("offsets", *offsets_arg);
   if (per_sample_weights_arg.has_value()) {
-    reject_nested("per_sample_weights", *per_sample_weights_arg);
+    check_not_nested("per_sample_weights", *per_sample_weights_arg);
   }
   const Mode mode = parse_mode(std::string_view(mode_name_arg.data(), mode_name_arg.size()));
   const auto offsets = offsets_arg.has_value() && offsets_arg->defined() ? offsets_arg : std::nullopt;
@@ -71,18 +63,13 @@ at::Tensor embedding_bag_composite(
   const bool include_last_offset = input.dim() == 2 ? false : include_last_offset_arg;
   check_index_dtypes(input, offsets);
   const auto [indices, bag_offsets] = promoted_indices(input, offsets);
-  check_inputs(indices, weight, bag_offsets, per_sample_weights, mode, include_last_offset);
-  if (mode == Mode::Max) {
-    TORCH_CHECK_VALUE(!scale_grad_by_freq,
-                      "embedding_bag: mode='max' does not support scale_grad_by_freq=True");
-    TORCH_CHECK_VALUE(!sparse, "embedding_bag: mode='max' does not support sparse=True");
-  }
-  check_padding_idx(padding_idx, weight.sym_size(0));
-  if (max_norm.has_value()) {
-    check_max_norm(*max_norm);
-  }
 
   if (max_norm.has_value()) {
+    // The renorm writes before the forward runs: everything the forward would reject is
+    // rejected first (without max_norm the forward's own checks are the only ones).
+    check_forward_args(weight, indices, bag_offsets, per_sample_weights, mode, padding_idx,
+                       include_last_offset, scale_grad_by_freq, sparse);
+    check_max_norm(*max_norm);
     // Renormalization is not part of the differentiated function (as in torch).
     at::NoGradGuard no_grad;
     at::Tensor table = weight;  // shares weight's storage: the op writes through it

@@ -33,10 +33,10 @@ KernelInputs prepare_forward(const at::Tensor& weight, const at::Tensor& input,
                              const std::optional<at::Tensor>& offsets,
                              const std::optional<at::Tensor>& per_sample_weights,
                              int64_t mode_value, std::optional<int64_t> padding_idx,
-                             bool include_last_offset) {
+                             bool include_last_offset, bool scale_grad_by_freq, bool sparse) {
   const Mode mode = mode_from_int(mode_value);
   check_forward_args(weight, input, offsets, per_sample_weights, mode, padding_idx,
-                     include_last_offset);
+                     include_last_offset, scale_grad_by_freq, sparse);
   return contiguous_inputs(mode, input, offsets, per_sample_weights, padding_idx,
                            include_last_offset, weight.size(0), weight.size(1));
 }

@@ -28,7 +28,7 @@ KernelInputs prepare_forward(const at::Tensor& weight, const at::Tensor& input,
                              const std::optional<at::Tensor>& offsets,
                              const std::optional<at::Tensor>& per_sample_weights,
                              int64_t mode_value, std::optional<int64_t> padding_idx,
-                             bool include_last_offset);
+                             bool include_last_offset, bool scale_grad_by_freq, bool sparse);
 
 // (output, max_indices) of _embedding_bag_forward: max_indices is (0, 0) outside max mode.
 std::tuple<at::Tensor, at::Tensor> allocate_forward_outputs(const KernelInputs& in,

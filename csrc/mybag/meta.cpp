@@ -18,10 +18,11 @@ void renorm_meta(at::Tensor& weight, const at::Tensor& input,
 std::tuple<at::Tensor, at::Tensor> forward_meta(
     const at::Tensor& weight, const at::Tensor& input, const std::optional<at::Tensor>& offsets,
     const std::optional<at::Tensor>& per_sample_weights, int64_t mode_value,
-    std::optional<int64_t> padding_idx, bool include_last_offset, bool, bool) {
+    std::optional<int64_t> padding_idx, bool include_last_offset, bool scale_grad_by_freq,
+    bool sparse) {
   const Mode mode = mode_from_int(mode_value);
   check_forward_args(weight, input, offsets, per_sample_weights, mode, padding_idx,
-                     include_last_offset);
+                     include_last_offset, scale_grad_by_freq, sparse);
   const auto bags = num_bags(input, offsets, include_last_offset);
   const auto dim = weight.sym_size(1);
   auto output = at::empty_symint({bags, dim}, weight.options());

@@ -86,10 +86,10 @@ std::tuple<at::Tensor, at::Tensor> forward(
     int64_t mode_value,
     std::optional<int64_t> padding_idx,
     bool include_last_offset,
-    bool /*scale_grad_by_freq*/,
-    bool /*sparse*/) {
+    bool scale_grad_by_freq,
+    bool sparse) {
   const auto in = prepare_forward(weight, input, offsets, per_sample_weights, mode_value,
-                                  padding_idx, include_last_offset);
+                                  padding_idx, include_last_offset, scale_grad_by_freq, sparse);
   const Mode mode = in.mode;
   const int64_t num_weights = in.num_weights;
   const int64_t dim = in.dim;

@@ -75,11 +75,11 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& weight, const at::T
                                            const std::optional<at::Tensor>& offsets,
                                            const std::optional<at::Tensor>& per_sample_weights,
                                            int64_t mode_value, std::optional<int64_t> padding_idx,
-                                           bool include_last_offset, bool /*scale_grad_by_freq*/,
-                                           bool /*sparse*/) {
+                                           bool include_last_offset, bool scale_grad_by_freq,
+                                           bool sparse) {
   const c10::cuda::CUDAGuard device_guard(weight.device());
   const auto in = prepare_forward(weight, input, offsets, per_sample_weights, mode_value,
-                                  padding_idx, include_last_offset);
+                                  padding_idx, include_last_offset, scale_grad_by_freq, sparse);
   check_index_values(in.input, in.offsets, in.num_weights);
   auto [output, max_indices] = allocate_forward_outputs(in, weight);
   if (in.num_bags == 0 || in.dim == 0) {
