@@ -122,6 +122,15 @@ std::tuple<at::Tensor, at::Tensor> forward_autograd(
     const std::optional<at::Tensor>& per_sample_weights, int64_t mode,
     std::optional<int64_t> padding_idx, bool include_last_offset, bool scale_grad_by_freq,
     bool sparse) {
+  const bool psw_requires_grad = per_sample_weights.has_value() && per_sample_weights->defined() &&
+                                 per_sample_weights->requires_grad();
+  if (!at::GradMode::is_enabled() || !(weight.requires_grad() || psw_requires_grad)) {
+    // Nothing to differentiate (inference, or a frozen table): no graph node, no saved
+    // tensors, as torch's own embedding_bag then takes its forward-only path.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::forward(weight, input, offsets, per_sample_weights, mode, padding_idx,
+                        include_last_offset, scale_grad_by_freq, sparse);
+  }
   auto result = EmbeddingBagFunction::apply(weight, input, offsets, per_sample_weights, mode,
                                             padding_idx, include_last_offset, scale_grad_by_freq,
                                             sparse);
