@@ -28,7 +28,7 @@ void EmbeddingBagImpl::reset() {
   const int64_t dim = options.embedding_dim();
   if (options.padding_idx().has_value()) {
     // Stored non-negative, as torch::nn::EmbeddingBag does.
-    options.padding_idx(normalize_padding_idx(options.padding_idx(), rows));
+    options.padding_idx(module_padding_idx(*options.padding_idx(), rows));
   }
   if (options._weight().defined()) {
     TORCH_CHECK_VALUE(options._weight().dim() == 2 && options._weight().size(0) == rows &&
