@@ -31,10 +31,10 @@ bool set_cuda_value_checks(bool enabled) {
 
 }  // namespace mybag
 
-// Defined here rather than in ops.cpp because they are not tensor operators: they take no
-// tensor, so their one kernel serves every dispatch key (as torchvision's _cuda_version). They
-// make the switch reachable from Python and TorchScript.
-TORCH_LIBRARY_FRAGMENT(mybag, m) {
-  m.def("_set_cuda_value_checks(bool enabled) -> bool", &mybag::set_cuda_value_checks);
-  m.def("_cuda_value_checks_enabled() -> bool", &mybag::cuda_value_checks_enabled);
+// The switch's ops take no tensor, so no dispatch key can be computed from their arguments: a
+// CompositeImplicitAutograd kernel is the one that serves them (as for torchvision's
+// _cuda_version). They make the switch reachable from Python and TorchScript.
+TORCH_LIBRARY_IMPL(mybag, CompositeImplicitAutograd, m) {
+  m.impl("_set_cuda_value_checks", &mybag::set_cuda_value_checks);
+  m.impl("_cuda_value_checks_enabled", &mybag::cuda_value_checks_enabled);
 }

@@ -50,4 +50,9 @@ TORCH_LIBRARY(mybag, m) {
   m.def(
       "_embedding_bag_per_sample_weights_backward(Tensor grad, Tensor weight, Tensor input, "
       "Tensor? offsets, int mode, int? padding_idx, bool include_last_offset) -> Tensor");
+
+  // The switch for the CUDA kernels' value checks (mybag/cuda_value_checks.h): turns them on
+  // or off and returns the previous setting; and reads it.
+  m.def("_set_cuda_value_checks(bool enabled) -> bool");
+  m.def("_cuda_value_checks_enabled() -> bool");
 }
