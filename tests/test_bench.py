@@ -19,7 +19,7 @@ import mybag
 import mybag.bench
 import pytest
 import torch
-from mybag.bench import cli, grid, inputs, plot, traffic
+from mybag import bench
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -60,7 +60,8 @@ def _named_files(stdout: str) -> list[str]:
 
 
 def _check_png(path) -> None:
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert 600 <= width <= 3000 and 200 <= height <= 6000, (width, height)
@@ -73,7 +74,7 @@ def _check_png(path) -> None:
 
 def test_command_line_writes_csv_json_and_plot(tmp_path):
     out = tmp_path / "bench"
-    names = [c.name for c in grid.select(grid.tiny_grid(), "f32", "cpu")]
+    names = [c.name for c in bench.select(bench.grid("tiny"), "f32", "cpu")]
     assert len(names) == 3
     done = _bench("--tiny", "--filter", "f32", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -116,7 +117,7 @@ def test_replot_redraws_the_plot_from_saved_results(tmp_path):
     saved, other = tmp_path / "saved", tmp_path / "other"
     saved.mkdir()
     report = mybag.bench.benchmark(tiny=True, filter="fwd", repeats=3)
-    mybag.bench.report.write_json(str(saved / "results.json"), report)
+    (saved / "results.json").write_text(json.dumps(report))
     done = _bench("--replot", str(saved), "--out", str(other))
     assert done.returncode == 0, done.stdout + done.stderr
     assert _named_files(done.stdout) == [str(other / "speedup.png")]
@@ -127,15 +128,28 @@ def test_replot_redraws_the_plot_from_saved_results(tmp_path):
     assert missing.returncode == 2 and "results.json" in missing.stderr
 
 
+def test_without_matplotlib_the_csv_and_json_are_written_and_a_stale_plot_removed(
+    tmp_path, monkeypatch
+):
+    report = mybag.bench.benchmark(tiny=True, filter="fwd sum", repeats=3)
+    (tmp_path / "speedup.png").write_bytes(PNG_SIGNATURE)  # from an earlier run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    written = mybag.bench.write_outputs(report, str(tmp_path))
+    assert [os.path.basename(p) for p in written.files] == ["results.csv", "results.json"]
+    assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.json"]
+    (note,) = written.notes
+    assert "matplotlib is not installed" in note and "removed the old" in note
+
+
 @pytest.mark.parametrize("extra", [[], ["--list"]])
 def test_a_filter_matching_no_case_fails_and_says_how_to_see_the_names(capsys, extra):
-    status = cli.main(["--tiny", "--filter", "no such case", "--no-progress", *extra])
+    status = bench.main(["--tiny", "--filter", "no such case", "--no-progress", *extra])
     captured = capsys.readouterr()
     assert status == 2
     assert captured.out == ""  # no empty table that looks like a successful run
     assert "no case name contains 'no such case'" in captured.err
     assert "python -m mybag.bench --list" in captured.err
-    assert grid.tiny_grid()[0].name in captured.err  # an example of what names look like
+    assert bench.grid("tiny")[0].name in captured.err  # an example of what names look like
     with pytest.raises(mybag.bench.NoCaseError, match="no such case"):
         mybag.bench.run(tiny=True, filter="no such case")
 
@@ -147,10 +161,10 @@ def _rows(*speedups: float) -> list[dict]:
 
 
 def test_plot_axis_is_ticked_around_1x():
-    assert plot.speedup_ticks(0.1, 30) == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20]
-    low, high = plot.speedup_limits([1.1, 1.2])
+    assert bench.speedup_ticks(0.1, 30) == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20]
+    low, high = bench.speedup_limits([1.1, 1.2])
     assert low <= 0.5 and high >= 2  # both sides of 1x always show
-    low, high = plot.speedup_limits([0.3, 22.8])
+    low, high = bench.speedup_limits([0.3, 22.8])
     assert low < 0.3 and high > 22.8
 
 
@@ -159,7 +173,7 @@ def test_plot_groups_cases_by_what_they_exercise():
             for p, m, d, pad in [("fwd", "sum", "f32", None), ("fwd", "max", "f64", None),
                                  ("fwd", "mean", "bf16", 0), ("fwd+bwd sparse", "sum", "f32", 0),
                                  ("fwd+bwd dense", "max", "f32", None)]]  # fmt: skip
-    assert [plot.case_group(r) for r in rows] == [
+    assert [bench.case_group(r) for r in rows] == [
         "forward, sum, float32",
         "forward, max",
         "forward, padding_idx",
@@ -172,7 +186,7 @@ def test_plot_groups_cases_by_what_they_exercise():
 def test_plot_bars_start_at_1x_and_labels_are_legible():
     import matplotlib.pyplot as plt
 
-    fig = plot.make_figure(_rows(4.0, 0.5), "title")
+    fig = bench.make_figure(_rows(4.0, 0.5), "title")
     try:
         left = fig.axes[0]
         (bars,) = left.containers
@@ -189,13 +203,13 @@ def test_plot_bars_start_at_1x_and_labels_are_legible():
 
 
 def test_list_prints_the_selected_cases(capsys):
-    assert cli.main(["--tiny", "--filter", "max", "--list"]) == 0
+    assert bench.main(["--tiny", "--filter", "max", "--list"]) == 0
     assert capsys.readouterr().out.splitlines() == ["fwd max f32 1k x16 L5 uniform pad"]
 
 
 def test_api_returns_one_row_per_case():
     rows = mybag.bench.run(tiny=True, repeats=3)
-    _check_rows(rows, [c.name for c in grid.tiny_grid()])
+    _check_rows(rows, [c.name for c in bench.grid("tiny")])
     assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd sparse"}
 
 
@@ -221,7 +235,7 @@ def test_mismatches_are_listed_and_the_exit_status_is_1(monkeypatch, capsys):
     report = mybag.bench.benchmark(tiny=True, filter="fwd sum", on_mismatch="skip")
     assert report["results"] == []
     assert len(report["summary"]["mismatches"]) == 1
-    assert cli.main(["--tiny", "--filter", "fwd sum", "--no-progress"]) == 1
+    assert bench.main(["--tiny", "--filter", "fwd sum", "--no-progress"]) == 1
     assert "MISMATCHES (not timed): 1" in capsys.readouterr().out
 
 
@@ -235,7 +249,7 @@ def test_an_exception_from_mybag_is_reported(monkeypatch):
 
 
 def test_grids_cover_the_axes():
-    full, quick = grid.full_grid(), grid.quick_grid()
+    full, quick = bench.grid(), bench.grid("quick")
     assert 60 <= len(full) <= 120 and 15 <= len(quick) <= 25
     for cases in (full, quick):
         assert len({c.name for c in cases}) == len(cases)
@@ -252,13 +266,13 @@ def test_grids_cover_the_axes():
     itemsize = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8}
     assert max(c.rows * c.dim * itemsize[c.dtype] for c in full) <= 2 * 2**30
     assert "fwd sum f32 1M x128 L20 uniform" in {c.name for c in full}
-    assert all(c.dtype != "f64" for c in grid.select(full, None, "cuda"))
-    assert all("zipf" in c.name for c in grid.select(full, "zipf", "cpu"))
+    assert all(c.dtype != "f64" for c in bench.select(full, None, "cuda"))
+    assert all("zipf" in c.name for c in bench.select(full, "zipf", "cpu"))
 
 
 def test_zipf_indices_are_skewed_and_scattered():
     generator = torch.Generator().manual_seed(0)
-    drawn = inputs.zipf_indices(10_000, 100_000, generator)
+    drawn = bench.zipf_indices(10_000, 100_000, generator)
     assert drawn.min() >= 0 and drawn.max() < 10_000
     counts = torch.bincount(drawn, minlength=10_000).sort(descending=True).values
     # The hottest row alone takes about 1 / H(10^4, 1.05) ~ 11% of the draws; uniform: 0.01%.
@@ -269,15 +283,15 @@ def test_zipf_indices_are_skewed_and_scattered():
 
 
 def test_byte_model():
-    case = grid.Case("fwd", "sum", "f32", 1000, 16, 5, 32, padding=True)
-    x = inputs.make_inputs(case, "cpu", inputs.TableCache())
+    case = bench.Case("fwd", "sum", "f32", 1000, 16, 5, 32, padding=True)
+    x = bench.make_inputs(case, "cpu")
     used = int((x.input != x.padding_idx).sum())
     assert 0 < used < 160
     forward = used * 16 * 4 + 32 * 16 * 4 + 160 * 8 + 32 * 8
-    assert traffic.case_bytes(case, x) == forward
-    dense = grid.Case("fwd+bwd dense", "sum", "f32", 1000, 16, 5, 32)
-    x = inputs.make_inputs(dense, "cpu", inputs.TableCache())
-    assert traffic.case_bytes(dense, x) == (160 + 32 + 32 + 1000) * 16 * 4 + 160 * 8 + 32 * 8
+    assert bench.case_bytes(case, x) == forward
+    dense = bench.Case("fwd+bwd dense", "sum", "f32", 1000, 16, 5, 32)
+    x = bench.make_inputs(dense, "cpu")
+    assert bench.case_bytes(dense, x) == (160 + 32 + 32 + 1000) * 16 * 4 + 160 * 8 + 32 * 8
 
 
 def test_main_help_says_what_the_command_does():
