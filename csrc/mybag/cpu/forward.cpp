@@ -13,7 +13,7 @@
 #include "mybag/kernel_inputs.h"
 #include "mybag/reductions.h"
 #include "mybag/cpu/forward_args.h"
-#include "mybag/cpu/layout.h"
+#include "mybag/cpu/entries.h"
 #include "mybag/cpu/simd.h"
 #include "mybag/cpu/value_checks.h"
 #include "mybag/cpu/rows.h"

@@ -6,24 +6,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <vector>
-
 #include "mybag/checks.h"
-#include "mybag/cpu/layout.h"
 #include "mybag/cpu/value_checks.h"
+#include "mybag/row_groups.h"
 #include "mybag/row_norm.h"
 
 namespace mybag::cpu {
 namespace {
-
-template <typename index_t>
-std::vector<int64_t> distinct_rows(const index_t* indices, int64_t n) {
-  std::vector<int64_t> rows(indices, indices + n);
-  std::sort(rows.begin(), rows.end());
-  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
-  return rows;
-}
 
 void renorm_(at::Tensor& weight, const at::Tensor& input, const std::optional<at::Tensor>& offsets,
              bool include_last_offset, double max_norm, double norm_type) {
@@ -40,11 +29,10 @@ void renorm_(at::Tensor& weight, const at::Tensor& input, const std::optional<at
                                   "mybag_embedding_bag_renorm_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scalar_t* table = weight.mutable_data_ptr<scalar_t>();
-    std::vector<int64_t> rows;
-    AT_DISPATCH_INDEX_TYPES(flat_input.scalar_type(), "mybag_embedding_bag_renorm_cpu", [&] {
-      rows = distinct_rows(flat_input.const_data_ptr<index_t>(), flat_input.numel());
-    });
-    at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t first, int64_t last) {
+    // As int64, so one loop serves int32 and int64 inputs.
+    const auto rows_tensor = distinct_rows(flat_input.view({-1})).to(at::kLong);
+    const int64_t* rows = rows_tensor.const_data_ptr<int64_t>();
+    at::parallel_for(0, rows_tensor.numel(), 64, [&](int64_t first, int64_t last) {
       for (int64_t k = first; k < last; ++k) {
         scalar_t* row = table + rows[k] * row_stride;
         RowNorm<acc_t> norm_of_row(norm_type);

@@ -1,10 +1,6 @@
 #include "mybag/cuda/entries.cuh"
 
-#include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sort.h>
-#include <ATen/ops/unique_consecutive.h>
-#include <ATen/ops/zeros.h>
 
 #include "mybag/cuda/launch.cuh"
 
@@ -44,23 +40,14 @@ __global__ void count_kernel(BagLayout<index_t> layout, const index_t* indices,
   }
 }
 
-__global__ void frequency_kernel(const int64_t* order, const int64_t* starts, int64_t groups,
-                                 int64_t n, int64_t* frequency) {
-  for (int64_t k = thread_item(); k < n; k += thread_stride()) {
-    const int64_t g = group_of_position(starts, groups, k);
-    frequency[order[k]] = starts[g + 1] - starts[g];
-  }
-}
-
 }  // namespace
 
 template <typename index_t>
 at::Tensor bag_of_entries(const BagLayout<index_t>& layout, const at::Tensor& like) {
   at::Tensor bag_of = at::empty({layout.num_indices}, like.options().dtype(at::kLong));
   if (layout.num_indices == 0) return bag_of;
-  bag_of_kernel<<<thread_grid(layout.num_indices), kThreadsPerBlock, 0,
-                  current_stream()>>>(layout,
-                                                      bag_of.mutable_data_ptr<int64_t>());
+  bag_of_kernel<<<thread_grid(layout.num_indices), kThreadsPerBlock, 0, current_stream()>>>(
+      layout, bag_of.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return bag_of;
 }
@@ -74,32 +61,6 @@ at::Tensor non_padding_counts(const BagLayout<index_t>& layout, const index_t* i
       layout, indices, num_weights, padding_row, counts.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return counts;
-}
-
-RowGroups group_by_row(const at::Tensor& flat_input) {
-  RowGroups groups;
-  std::tie(groups.sorted_rows, groups.order) =
-      at::sort(flat_input, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const auto sizes = std::get<2>(at::unique_consecutive(groups.sorted_rows,
-                                                        /*return_inverse=*/false,
-                                                        /*return_counts=*/true));
-  groups.count = sizes.numel();
-  groups.starts = at::zeros({groups.count + 1}, sizes.options());
-  if (groups.count > 0) {
-    groups.starts.slice(0, 1).copy_(at::cumsum(sizes, 0));
-  }
-  return groups;
-}
-
-at::Tensor row_frequency_of_entries(const RowGroups& groups) {
-  const int64_t n = groups.order.numel();
-  at::Tensor frequency = at::empty({n}, groups.order.options());
-  if (n == 0) return frequency;
-  frequency_kernel<<<thread_grid(n), kThreadsPerBlock, 0, current_stream()>>>(
-      groups.order.const_data_ptr<int64_t>(), groups.starts.const_data_ptr<int64_t>(),
-      groups.count, n, frequency.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return frequency;
 }
 
 template at::Tensor bag_of_entries(const BagLayout<int32_t>&, const at::Tensor&);

@@ -5,14 +5,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
-#include <ATen/ops/sort.h>
-#include <ATen/ops/unique_consecutive.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "mybag/checks.h"
 #include "mybag/cuda/launch.cuh"
 #include "mybag/cuda/value_checks.cuh"
+#include "mybag/row_groups.h"
 #include "mybag/row_norm.h"
 
 namespace mybag::cuda {
@@ -55,8 +54,7 @@ void renorm_(at::Tensor& weight, const at::Tensor& input, const std::optional<at
   check_index_values(input, offsets, weight.size(0));
   if (flat_input.numel() == 0 || weight.size(1) == 0) return;
 
-  const auto sorted = std::get<0>(at::sort(flat_input, /*stable=*/false, 0, false));
-  const auto rows = std::get<0>(at::unique_consecutive(sorted));
+  const auto rows = distinct_rows(flat_input);
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
                                   "mybag_embedding_bag_renorm_cuda", [&] {

@@ -1,5 +1,6 @@
-// Host helpers shared by the CPU kernels: the per-entry bag number and the non-padding count of
-// every bag.
+// Facts about input's bags that the CPU backward kernels share: which bag each entry belongs to
+// and each bag's non-padding count (cuda/entries.cuh is the CUDA twin; the grouping by row,
+// which both devices do alike, is mybag/row_groups.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-#include "mybag/cpu/layout.h"
+#include "mybag/cpu/entries.h"
 
 #include <ATen/Parallel.h>
 
