@@ -14,12 +14,11 @@ import torch
 import torch.nn.functional as F
 
 import mybag
+from conftest import requires_cuda
 
 NUM_EMBEDDINGS = 10
 DIM = 3
 INDEX_DTYPES = [torch.int32, torch.int64]
-CUDA = torch.cuda.is_available()
-requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 ops = torch.ops.mybag
 
@@ -803,10 +802,7 @@ def test_cuda_context_still_works_after_every_error():
 # index once passed for padding (the CPU's AVX2 forward skipped it silently, and max mode read
 # no error); it must be an IndexError like any other index out of range.
 
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 
-
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
                          ids=lambda d: str(d)[6:])

@@ -88,9 +88,6 @@ def fuzz_settings(scale: float = 1.0):
     return settings(base)
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
-
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 MODE_INT = {"sum": 0, "mean": 1, "max": 2}
 # Tolerance multipliers against torch (see test_parity.py: torch's half paths round more often).
@@ -351,7 +348,6 @@ def check_call(case: Case, extra: dict, flags: dict, device: str, against_torch=
 # The fuzz tests
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_against_torch_and_reference(device):
     @fuzz_settings(1.0)
     @given(call=calls(device=device))
@@ -364,7 +360,6 @@ def test_fuzz_against_torch_and_reference(device):
     _report(f"against_torch[{device}]")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_nan_and_inf_weights_against_reference(device):
     # NaN and +-inf in the table: compared with the reference only (torch keeps a NaN in
     # max mode only when it comes first in the bag).
@@ -379,7 +374,6 @@ def test_fuzz_nan_and_inf_weights_against_reference(device):
     _report(f"nan_inf[{device}]")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_public_op_equals_internal_ops(device):
     # The public op is a composite of the internal ones: calling those directly (forward, dense
     # and per-entry backward, per_sample_weights backward) gives the same bits.
@@ -436,7 +430,6 @@ def test_fuzz_public_op_equals_internal_ops(device):
     _report(f"internal_ops[{device}]")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_strided_weight_and_indices(device):
     # Non-contiguous weight (a transposed or column-sliced view) and non-contiguous input and
     # offsets (every other element of a larger tensor): the same results as contiguous copies.
@@ -482,7 +475,6 @@ def test_fuzz_strided_weight_and_indices(device):
 # edges the strategy aims for, so that they run on every CI run whatever the profile draws.
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_long_bag_between_empty_bags(device, mode):
     g = torch.Generator().manual_seed(3)
@@ -493,7 +485,6 @@ def test_long_bag_between_empty_bags(device, mode):
     check_call(case, {}, dict(values="randn", last_offset_short=False, seed=3), device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_sparse_scale_grad_by_freq_all_padding_bag(device):
     w = torch.randn(6, 3, dtype=torch.float64, device=device)
     inp = torch.tensor([2, 2, 5, 5, 1, 2], device=device)
@@ -503,7 +494,6 @@ def test_sparse_scale_grad_by_freq_all_padding_bag(device):
                dict(values="randn", last_offset_short=False, seed=5), device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm_type", [math.inf, -math.inf])
 def test_renorm_inf_norm_with_nan_row_is_left_alone(device, norm_type):
     # Regression: found by test_fuzz_nan_and_inf_weights_against_reference in bf668a5, where

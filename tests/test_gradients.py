@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 import mybag
 from conftest import (
-    DEVICES,
     HAS_CUDA,
     Case,
     assert_close,
@@ -29,7 +28,6 @@ MODE_PSW_NO_MAX = MODE_PSW[:3]
 # gradcheck (float64)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,psw", MODE_PSW)
 @pytest.mark.parametrize("form,ilo", [("1d", False), ("1d", True), ("2d", False)])
 @pytest.mark.parametrize("padding_idx", [None, 2, -1])
@@ -84,7 +82,6 @@ def test_scale_grad_by_freq_torch_bug_190063_reproducer():
     assert torch.equal(w.grad[:, 0:1].expand(4, 3), w.grad)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,psw", MODE_PSW_NO_MAX)
 @pytest.mark.parametrize("form,ilo", [("1d", False), ("1d", True), ("2d", False)])
 @pytest.mark.parametrize("padding_idx", [None, 1, -1])
@@ -122,7 +119,6 @@ def test_scale_grad_by_freq(device, mode, psw, form, ilo, padding_idx, sparse, i
         assert_close(grad, theirs.weight_grad, scale=scale, msg=msg)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_scale_grad_by_freq_counts_all_bags(device):
     # Row 2 occurs 3 times over two bags, row 4 once: the divisor counts the whole input.
     w = torch.zeros(6, 2, dtype=torch.float64, device=device, requires_grad=True)
@@ -137,7 +133,6 @@ def test_scale_grad_by_freq_counts_all_bags(device):
     torch.testing.assert_close(w.grad.cpu(), expected)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("wanted", ["weight", "per_sample_weights"])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_gradient_of_one_input_only(device, wanted, sparse):
@@ -161,7 +156,6 @@ def test_gradient_of_one_input_only(device, wanted, sparse):
         assert_close(p.grad, expected)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,psw", MODE_PSW)
 def test_non_contiguous_grad_output(device, mode, psw):
     case = make_case(mode=mode, psw=psw, padding_idx=0, dim=7, num_bags=6, seed=24,
@@ -180,7 +174,6 @@ def test_non_contiguous_grad_output(device, mode, psw):
         assert_close(mine.psw_grad, expected_psw.float())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("option", ["sparse", "scale_grad_by_freq"])
 def test_max_mode_rejects_sparse_and_scale_grad_by_freq(device, option):
     case = make_case(mode="max", device=device)
@@ -192,7 +185,6 @@ def test_max_mode_rejects_sparse_and_scale_grad_by_freq(device, option):
 # Sparse gradients: against torch's, and structure (COO, one row per non-padding entry)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,psw", MODE_PSW_NO_MAX)
 @pytest.mark.parametrize("form,ilo", [("1d", False), ("1d", True), ("2d", False)])
 @pytest.mark.parametrize("padding_idx", [None, 3, -2])
@@ -231,7 +223,6 @@ def test_sparse_gradient(device, mode, psw, form, ilo, padding_idx, dtype, index
         assert_close(mine.psw_grad, theirs.psw_grad.to(dtype), scale=scale, msg=msg)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_sparse_gradient_accumulates(device):
     # Two backward passes add up (the sparse grads are summed by autograd).
     case = make_case(mode="sum", seed=17, device=device, padding_idx=0)
@@ -262,7 +253,6 @@ def _big_case(mode, psw, dtype, device, seed):
                 None if p is None else p.to(device), mode=mode, padding_idx=1)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "mode,psw,sparse,scale_grad_by_freq",
     [(m, p, sp, sg) for (m, p) in MODE_PSW for sp in (False, True) for sg in (False, True)
@@ -296,7 +286,6 @@ def test_deterministic(device, mode, psw, sparse, scale_grad_by_freq, dtype):
 # Half types accumulate in float32 and round once (docs/spec.md §3), forward and backward
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 @pytest.mark.parametrize("form", ["1d", "2d"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
@@ -331,7 +320,6 @@ def test_half_accumulates_in_float32(device, mode, form, dtype):
 # Training: sparse SGD steps track torch's
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "mode,psw,sparse",
     [(m, p, sp) for (m, p) in MODE_PSW_NO_MAX for sp in (True, False)] + [("max", False, False)],

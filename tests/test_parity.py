@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 import mybag
 from conftest import (
-    DEVICES,
     FLOAT_DTYPES,
     HALF_DTYPES,
     INDEX_DTYPES,
@@ -213,7 +212,6 @@ def _grid():
     return params
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "mode,psw,form,ilo,padding_idx,dtype,index_dtypes,empty,dim,num_bags,num_embeddings,seed",
     _grid(),
@@ -283,7 +281,6 @@ def _renorm_case(mode, form, dtype, padding_idx, norm_type, device, seed):
     return case
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("form", ["1d", "2d"])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d)[6:])
@@ -338,7 +335,6 @@ def test_max_norm_in_place_on_the_given_tensor():
 # Where mybag differs from torch: compare with the reference only.
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,sparse", MODE_SPARSE)
 def test_include_last_offset_last_bag_ends_at_len_input(device, mode, sparse):
     weight = torch.randn(10, 4, dtype=torch.float64, device=device)
@@ -357,7 +353,6 @@ def test_include_last_offset_last_bag_ends_at_len_input(device, mode, sparse):
     check_against_reference(case, mine, grad_output, case.describe())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("where", ["first", "middle", "last", "alone"])
 def test_max_mode_nan_anywhere_gives_nan(device, dtype, where):
@@ -373,7 +368,6 @@ def test_max_mode_nan_anywhere_gives_nan(device, dtype, where):
     assert_close(out, expected)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 def test_nan_in_padding_row_is_ignored(device, mode):
     weight = torch.randn(8, 3, device=device)
@@ -385,7 +379,6 @@ def test_nan_in_padding_row_is_ignored(device, mode):
     assert_close(out, reference_embedding_bag(input, weight, offsets, mode=mode, padding_idx=6))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_nan_propagates_in_sum_and_mean(device, mode):
     weight = torch.randn(8, 3, device=device)
@@ -429,7 +422,6 @@ def _strided_1d(x, filler):
     return out
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,psw,sparse", MODE_PSW_SPARSE)
 @pytest.mark.parametrize("form", ["1d", "2d"])
 @pytest.mark.parametrize("weight_kind", ["transposed", "row_step", "col_step"])
@@ -489,7 +481,6 @@ def test_non_contiguous(device, mode, psw, sparse, form, weight_kind):
 # Zero bags, empty input, empty bags, padding-only bags
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,sparse", MODE_SPARSE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("layout", ["1d_empty_offsets", "1d_ilo_single_offset", "2d_no_rows"])
@@ -510,7 +501,6 @@ def test_zero_bags(device, mode, sparse, dtype, layout):
     assert torch.count_nonzero(weight.grad.to_dense()) == 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("ilo", [False, True])
 def test_zero_bags_with_nonempty_input(device, mode, ilo):
@@ -525,7 +515,6 @@ def test_zero_bags_with_nonempty_input(device, mode, ilo):
     assert torch.count_nonzero(weight.grad) == 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,psw", MODE_PSW)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: str(d)[6:])
 def test_empty_input(device, mode, psw, dtype):
@@ -545,7 +534,6 @@ def test_empty_input(device, mode, psw, dtype):
     check_against_torch(mine, theirs, dtype, case.describe())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 def test_all_bags_empty_1d(device, mode):
     # Empty input, offsets [0, 0, 0, 0]: four empty bags, or three with include_last_offset.
@@ -562,7 +550,6 @@ def test_all_bags_empty_1d(device, mode):
         check_against_torch(mine, run_torch(case, grad_output), torch.float32, case.describe())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,sparse", MODE_SPARSE)
 def test_2d_input_with_no_columns(device, mode, sparse):
     # (B, 0): B empty bags, zeros (beyond torch, which fails with "step must be nonzero").
@@ -575,7 +562,6 @@ def test_2d_input_with_no_columns(device, mode, sparse):
     assert torch.count_nonzero(weight.grad.to_dense()) == 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,psw,sparse", MODE_PSW_SPARSE)
 @pytest.mark.parametrize("form", ["1d", "2d"])
 @pytest.mark.parametrize("padding_idx", [2, -1])
