@@ -107,6 +107,21 @@ class Case:
     def num_bags(self) -> int:
         return len(bag_positions(self.input, self.offsets, self.include_last_offset))
 
+    def to(self, device, input_dtype=None, offsets_dtype=None) -> Case:
+        """The same case with its tensors on ``device`` (index tensors optionally converted)."""
+        input, offsets, psw = self.input, self.offsets, self.per_sample_weights
+        if input_dtype is not None:
+            input = input.to(input_dtype)
+        if offsets is not None and offsets_dtype is not None:
+            offsets = offsets.to(offsets_dtype)
+        return dataclasses.replace(
+            self,
+            input=input.to(device),
+            offsets=None if offsets is None else offsets.to(device),
+            weight=self.weight.to(device),
+            per_sample_weights=None if psw is None else psw.to(device),
+        )
+
     def kwargs(self) -> dict:
         return dict(
             mode=self.mode,
@@ -198,15 +213,8 @@ def make_case(
     if psw:
         per_sample_weights = torch.randn(inp.shape, generator=g, dtype=torch.float64).to(dtype)
 
-    return Case(
-        input=inp.to(input_dtype).to(device),
-        offsets=None if offsets is None else offsets.to(offsets_dtype).to(device),
-        weight=weight.to(device),
-        per_sample_weights=None if per_sample_weights is None else per_sample_weights.to(device),
-        mode=mode,
-        include_last_offset=include_last_offset,
-        padding_idx=padding_idx,
-    )
+    case = Case(inp, offsets, weight, per_sample_weights, mode, include_last_offset, padding_idx)
+    return case.to(device, input_dtype, offsets_dtype)
 
 
 def random_grad(shape, dtype, device="cpu", seed=1) -> torch.Tensor:
@@ -272,15 +280,8 @@ def _max_winners(w64, rows):
     return is_best.to(torch.int64).argmax(0)  # first maximal
 
 
-def reference_embedding_bag(
-    input,
-    weight,
-    offsets=None,
-    mode="mean",
-    per_sample_weights=None,
-    include_last_offset=False,
-    padding_idx=None,
-) -> torch.Tensor:
+def reference_embedding_bag(input, weight, offsets=None, mode="mean", per_sample_weights=None,
+                            include_last_offset=False, padding_idx=None) -> torch.Tensor:
     """Forward per docs/spec.md §2-§3, in float64, returned in weight's dtype on the CPU."""
     num, dim = weight.shape
     w64 = weight.detach().cpu().double()
@@ -306,17 +307,9 @@ def reference_embedding_bag(
     return out.to(weight.dtype)
 
 
-def reference_weight_grad(
-    grad_output,
-    input,
-    weight,
-    offsets=None,
-    mode="mean",
-    per_sample_weights=None,
-    include_last_offset=False,
-    padding_idx=None,
-    scale_grad_by_freq=False,
-) -> torch.Tensor:
+def reference_weight_grad(grad_output, input, weight, offsets=None, mode="mean",
+                          per_sample_weights=None, include_last_offset=False, padding_idx=None,
+                          scale_grad_by_freq=False) -> torch.Tensor:
     """Dense gradient w.r.t. weight per docs/spec.md §5, float64 (num_embeddings, D) on the CPU.
     ``weight`` is the weight the forward used (after any renorm); max mode needs it."""
     num, dim = weight.shape

@@ -193,15 +193,8 @@ def calls(draw, device="cpu", allow_nan=False):
         extra["max_norm"] = draw(st.sampled_from([0.5, 1.0, 2.5, 0.0]))
         extra["norm_type"] = draw(st.sampled_from([2.0, 1.0, math.inf, 3.0]))
 
-    case = Case(
-        input=inp.to(input_dtype).to(device),
-        offsets=None if offsets is None else offsets.to(offsets_dtype).to(device),
-        weight=w.to(device),
-        per_sample_weights=None if psw is None else psw.to(device),
-        mode=mode,
-        include_last_offset=include_last_offset,
-        padding_idx=padding_idx,
-    )
+    case = Case(inp, offsets, w, psw, mode, include_last_offset, padding_idx).to(
+        device, input_dtype, offsets_dtype)
     flags = dict(values=values, last_offset_short=last_offset_short, seed=seed)
     return case, extra, flags
 
