@@ -17,6 +17,7 @@ import torch._dynamo.testing
 import torch.nn.functional as F
 
 import mybag
+from conftest import make_case, random_grad, requires_cuda
 
 NUM_EMBEDDINGS = 13
 DIM = 6
@@ -358,3 +359,27 @@ def test_compile_model_after_swap():
         opt.step()
     for (name, p_ref), (_, p) in zip(ref.named_parameters(), model.named_parameters()):
         torch.testing.assert_close(p, p_ref, msg=lambda m: f"{name}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU
+
+
+@requires_cuda
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_on_cuda(dynamic):
+    torch._dynamo.reset()
+    case = make_case(mode="mean", padding_idx=2, device="cuda", dim=32, num_bags=8)
+    grad_output = random_grad((case.num_bags, 32), torch.float32, "cuda")
+
+    def f(w):
+        return mybag.embedding_bag(case.input, w, case.offsets, mode="mean", padding_idx=2)
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=dynamic)
+    w1 = case.weight.clone().requires_grad_(True)
+    w2 = case.weight.clone().requires_grad_(True)
+    out1, out2 = f(w1), compiled(w2)
+    out1.backward(grad_output)
+    out2.backward(grad_output)
+    assert torch.equal(out1, out2)
+    assert torch.equal(w1.grad, w2.grad)

@@ -797,6 +797,38 @@ def test_cuda_context_still_works_after_every_error():
     _assert_cuda_still_works()
 
 
+def _bad_calls(device):
+    w = torch.randn(10, 4, device=device)
+    i = lambda *v: torch.tensor(v, device=device)
+    return [
+        (lambda: mybag.embedding_bag(i(1, 10, 2), w, i(0, 1), mode="sum"), IndexError,
+         r"input\[1\] = 10 is out of range"),
+        (lambda: mybag.embedding_bag(i(1, -1, 2), w, i(0, 1), mode="max"), IndexError,
+         r"input\[1\] = -1"),
+        (lambda: mybag.embedding_bag(i([1, 2], [3, 99]), w, mode="mean"), IndexError,
+         r"input\[3\] = 99"),
+        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(1, 2), mode="sum"), RuntimeError,
+         r"offsets\[0\] has to be 0"),
+        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(0, 2, 1), mode="sum"), RuntimeError,
+         r"non-decreasing, but got offsets\[2\] = 1"),
+        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(0, 4), mode="sum"), RuntimeError,
+         r"offsets\[1\] = 4 is past the end"),
+        (lambda: mybag.embedding_bag(i(1, 12, 3), w, i(0, 2), mode="sum", max_norm=1.0),
+         IndexError, r"input\[1\] = 12"),
+    ]
+
+
+@requires_cuda
+def test_cuda_and_cpu_errors_read_the_same():
+    for cpu_call, gpu_call in zip(_bad_calls("cpu"), _bad_calls("cuda")):
+        messages = []
+        for call, error, _ in (cpu_call, gpu_call):
+            with pytest.raises(error) as info:
+                call()
+            messages.append(str(info.value).splitlines()[0])
+        assert messages[0] == messages[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Regression: index -1 without padding_idx. The kernels mark "no padding" with row -1, so a -1
 # index once passed for padding (the CPU's AVX2 forward skipped it silently, and max mode read

@@ -23,6 +23,7 @@ from conftest import (
     MODES,
     Case,
     assert_close,
+    dense,
     make_case,
     non_padding_count,
     random_grad,
@@ -30,6 +31,7 @@ from conftest import (
     reference_psw_grad,
     reference_renorm,
     reference_weight_grad,
+    requires_cuda,
     run_mybag,
     run_torch,
 )
@@ -593,3 +595,41 @@ def test_padding_only_bags(device, mode, psw, sparse, form, padding_idx):
         assert torch.count_nonzero(mine.psw_grad.flatten()[input.flatten() == pad]) == 0, msg
     check_against_reference(case, mine, grad_output, msg)
     check_against_torch(mine, run_torch(case, grad_output, sparse=sparse), torch.float64, msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA against CPU: every option and dtype, forward and backward (dense and sparse gradients,
+# scale_grad_by_freq). Both devices are checked against the reference above; this pins them to
+# each other (within twice the reference tolerance).
+
+
+def _cuda_against_cpu_options():
+    for mode in MODES:
+        for dtype in FLOAT_DTYPES:
+            for form in ["1d", "2d"]:
+                yield mode, dtype, form, False, False
+                if mode != "max":
+                    yield mode, dtype, form, True, False   # sparse
+                    yield mode, dtype, form, False, True   # scale_grad_by_freq
+                    if mode == "sum":
+                        yield mode, dtype, form, True, True
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode,dtype,form,sparse,freq", list(_cuda_against_cpu_options()))
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_cuda_matches_cpu(mode, dtype, form, sparse, freq, padding_idx):
+    case = make_case(mode=mode, form=form, dtype=dtype, padding_idx=padding_idx,
+                     psw=(mode == "sum"), num_embeddings=40, dim=45, num_bags=9, max_bag=50,
+                     empty_bags=True, seed=3)
+    grad_output = random_grad((case.num_bags, 45), dtype)
+    options = dict(sparse=sparse, scale_grad_by_freq=freq)
+    cpu = run_mybag(case, grad_output, **options)
+    gpu = run_mybag(case.to("cuda"), grad_output.cuda(), **options)
+    for what in ["output", "weight_grad", "psw_grad"]:
+        mine, ref = getattr(gpu, what), getattr(cpu, what)
+        if ref is None:
+            assert mine is None
+            continue
+        assert mine.device.type == "cuda"
+        assert_close(dense(mine), dense(ref), dtype=dtype, scale=2.0, msg=what)
