@@ -367,59 +367,6 @@ def test_module_errors_like_the_functional():
 
 
 # ---------------------------------------------------------------------------------------------
-# TorchScript
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {"mode": "sum", "padding_idx": 2},
-        {"mode": "max", "max_norm": 2.0},
-        {"mode": "sum", "include_last_offset": True},
-    ],
-)
-def test_torchscript_forward_and_backward(options):
-    ours, _ = pair(**options)
-    scripted = torch.jit.script(ours)
-    form = "1d_last" if options.get("include_last_offset") else "1d"
-    input, offsets = bags(form, padding_idx=options.get("padding_idx"))
-
-    eager_out = ours(input, offsets)
-    eager_out.sum().backward()
-    eager_grad = ours.weight.grad.clone()
-    ours.weight.grad = None
-
-    scripted_out = scripted(input, offsets)
-    torch.testing.assert_close(scripted_out, eager_out)
-    scripted_out.sum().backward()
-    # The scripted module holds the same Parameter as the eager one.
-    torch.testing.assert_close(ours.weight.grad, eager_grad)
-
-    # 2-D input through the scripted module, and per_sample_weights when the mode allows it.
-    input_2d, _ = bags("2d")
-    torch.testing.assert_close(scripted(input_2d), ours(input_2d))
-    if ours.mode == "sum":
-        psw = torch.rand(input_2d.shape)
-        torch.testing.assert_close(scripted(input_2d, None, psw), ours(input_2d, None, psw))
-
-
-def test_torchscript_save_and_load(tmp_path):
-    module = EmbeddingBag(NUM_EMBEDDINGS, EMBEDDING_DIM, mode="sum", padding_idx=0)
-    path = tmp_path / "bag.pt"
-    torch.jit.save(torch.jit.script(module), str(path))
-    loaded = torch.jit.load(str(path))
-    input, offsets = bags("1d", padding_idx=0)
-    out = loaded(input, offsets)
-    torch.testing.assert_close(out, module(input, offsets))
-    out.sum().backward()
-    grad = dict(loaded.named_parameters())["weight"].grad
-    assert grad is not None
-    assert torch.all(grad[0] == 0)
-    assert "mybag::embedding_bag" in str(loaded.inlined_graph)
-
-
-# ---------------------------------------------------------------------------------------------
 # swap_embedding_bags
 
 

@@ -268,6 +268,10 @@ def test_script_module_save_load(case, tmp_path):
                         None if p is None else p.grad))
     assert_same(results[1], results[0])
     assert_same(results[2], results[0])
+    # The scripted module holds the eager module's Parameter (the loaded one is a copy), and
+    # both call mybag's op.
+    assert torch.equal(mine.weight.grad, results[1][1])
+    assert "mybag::embedding_bag" in str(loaded.inlined_graph)
 
 
 def test_script_model_with_module_trains_like_torch(tmp_path):
