@@ -31,23 +31,11 @@ MODE_PSW_NO_MAX = MODE_PSW[:3]
 @pytest.mark.parametrize("form,ilo", [("1d", False), ("1d", True), ("2d", False)])
 @pytest.mark.parametrize("padding_idx", [None, 2, -1])
 def test_gradcheck(device, mode, psw, form, ilo, padding_idx):
-    case = make_case(
-        mode=mode,
-        form=form,
-        include_last_offset=ilo,
-        padding_idx=padding_idx,
-        psw=psw,
-        dtype=torch.float64,
-        num_embeddings=8,
-        dim=3,
-        num_bags=4,
-        max_bag=4,
-        empty_bags=form == "1d",
-        distinct=True,  # max mode: no ties, so the winners do not move under perturbation
-        seed=11,
-        device=device,
-        padding_fraction=0.3,
-    )
+    # distinct: no ties in max mode, so the winners do not move under perturbation.
+    case = make_case(mode=mode, form=form, include_last_offset=ilo, padding_idx=padding_idx,
+                     psw=psw, dtype=torch.float64, num_embeddings=8, dim=3, num_bags=4, max_bag=4,
+                     empty_bags=form == "1d", distinct=True, seed=11, device=device,
+                     padding_fraction=0.3)
     weight = case.weight.clone().requires_grad_()
     inputs = [weight]
     if psw:

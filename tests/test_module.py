@@ -258,17 +258,14 @@ def test_from_pretrained(freeze):
         assert torch.all(ours.weight.grad[6] == 0)
 
 
+# Every option away from its default (padding_idx comes with each test).
+EVERY_OPTION = {"max_norm": 3.0, "norm_type": 1.5, "scale_grad_by_freq": True, "mode": "sum",
+                "sparse": True, "include_last_offset": True}
+
+
 def test_from_pretrained_passes_every_option():
     table = torch.randn(7, 3, dtype=torch.float64)
-    options = dict(
-        max_norm=1.0,
-        norm_type=3.0,
-        scale_grad_by_freq=True,
-        mode="sum",
-        sparse=True,
-        include_last_offset=True,
-        padding_idx=2,
-    )
+    options = dict(EVERY_OPTION, padding_idx=2)
     ours = EmbeddingBag.from_pretrained(table, **options)
     theirs = nn.EmbeddingBag.from_pretrained(table.clone(), **options)
     assert options_of(ours) == options_of(theirs)
@@ -489,18 +486,7 @@ def test_from_torch_rejects_other_modules():
 
 
 def test_from_torch_copies_every_option():
-    module = nn.EmbeddingBag(
-        9,
-        5,
-        max_norm=3.0,
-        norm_type=1.5,
-        scale_grad_by_freq=True,
-        mode="sum",
-        sparse=True,
-        include_last_offset=True,
-        padding_idx=-2,
-        dtype=torch.float64,
-    )
+    module = nn.EmbeddingBag(9, 5, **EVERY_OPTION, padding_idx=-2, dtype=torch.float64)
     ours = EmbeddingBag.from_torch(module)
     assert options_of(ours) == options_of(module)
     assert ours.weight is module.weight
