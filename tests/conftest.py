@@ -5,8 +5,10 @@ docs/spec.md in plain torch, in float64 on the CPU, one bag at a time: slow and 
 it can be trusted where mybag deliberately differs from torch (include_last_offset, NaN in max mode,
 scale_grad_by_freq, sparse + scale_grad_by_freq).
 
-Test modules import the helpers with ``from conftest import ...`` (pytest puts ``tests/`` on
-``sys.path`` because it has no ``__init__.py``).
+Test modules (in tests/op, tests/frontends, tests/project) import the helpers with
+``from conftest import ...``: no folder under tests/ has an ``__init__.py``, so pytest (default
+"prepend" import mode) puts the directory of this conftest.py, ``tests/``, on ``sys.path``, and
+each test file's own directory too (hence: no two test files may share a basename).
 """
 
 from __future__ import annotations

@@ -375,7 +375,7 @@ class Recommender(nn.Module):
         self.tables = nn.ModuleDict(
             {
                 # Not scale_grad_by_freq: its reference here would be CPU torch, which has had
-                # a bug there (#190063; tests/test_gradients.py checks it by hand instead).
+                # a bug there (#190063; tests/op/test_gradients.py checks it by hand instead).
                 "user": nn.EmbeddingBag(20, 4, mode="sum", max_norm=3.0),
                 "item": nn.Sequential(nn.EmbeddingBag(15, 4, mode="max", padding_idx=0)),
             }

@@ -14,7 +14,7 @@ ties) and checks forward, the weight gradient and the per_sample_weights gradien
 Budget: the "ci" profile (default) runs a bounded, derandomized number of examples, so CI is
 reproducible. A long campaign (docs/reliability.md):
 
-    MYBAG_FUZZ_PROFILE=campaign MYBAG_FUZZ_EXAMPLES=100000 python -m pytest tests/test_fuzz.py
+    MYBAG_FUZZ_PROFILE=campaign MYBAG_FUZZ_EXAMPLES=100000 python -m pytest tests/op/test_fuzz.py
 
 The campaign profile is randomized and keeps hypothesis' example database (.hypothesis/), so a
 failure found once is replayed first on the next run.
