@@ -14,13 +14,11 @@ each test file's own directory too (hence: no two test files may share a basenam
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
+import mybag  # loads the library, registers torch.ops.mybag
 import pytest
 import torch
 import torch.nn.functional as F
-
-import mybag  # noqa: F401  (loads the library, registers torch.ops.mybag)
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -56,10 +54,10 @@ INDEX_DTYPES = {
 # Tolerances for mybag against the float64 reference rounded to the weight's dtype (mybag
 # accumulates half types in float32 and rounds once, so it stays within about one ulp).
 _TOLERANCES = {
-    torch.float64: dict(rtol=1e-10, atol=1e-12),
-    torch.float32: dict(rtol=1.3e-6, atol=1e-5),
-    torch.float16: dict(rtol=1e-3, atol=1e-3),
-    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+    torch.float64: {"rtol": 1e-10, "atol": 1e-12},
+    torch.float32: {"rtol": 1.3e-6, "atol": 1e-5},
+    torch.float16: {"rtol": 1e-3, "atol": 1e-3},
+    torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2},
 }
 
 
@@ -67,7 +65,7 @@ def tol(dtype: torch.dtype, scale: float = 1.0) -> dict:
     """rtol/atol for comparing values of ``dtype``; ``scale`` loosens both (e.g. against torch,
     whose half paths accumulate differently)."""
     t = _TOLERANCES[dtype]
-    return dict(rtol=t["rtol"] * scale, atol=t["atol"] * scale)
+    return {"rtol": t["rtol"] * scale, "atol": t["atol"] * scale}
 
 
 def assert_close(actual, expected, dtype=None, scale=1.0, msg=None, check_dtype=True):
@@ -94,12 +92,12 @@ class Case:
     """One embedding_bag call's tensors and options. ``input`` may be 1-D (with offsets) or 2-D."""
 
     input: torch.Tensor
-    offsets: Optional[torch.Tensor]
+    offsets: torch.Tensor | None
     weight: torch.Tensor
-    per_sample_weights: Optional[torch.Tensor]
+    per_sample_weights: torch.Tensor | None
     mode: str = "mean"
     include_last_offset: bool = False
-    padding_idx: Optional[int] = None
+    padding_idx: int | None = None
 
     @property
     def num_embeddings(self) -> int:
@@ -125,12 +123,12 @@ class Case:
         )
 
     def kwargs(self) -> dict:
-        return dict(
-            mode=self.mode,
-            per_sample_weights=self.per_sample_weights,
-            include_last_offset=self.include_last_offset,
-            padding_idx=self.padding_idx,
-        )
+        return {
+            "mode": self.mode,
+            "per_sample_weights": self.per_sample_weights,
+            "include_last_offset": self.include_last_offset,
+            "padding_idx": self.padding_idx,
+        }
 
     def describe(self) -> str:
         return (
@@ -147,7 +145,7 @@ def make_case(
     mode: str = "sum",
     form: str = "1d",
     include_last_offset: bool = False,
-    padding_idx: Optional[int] = None,
+    padding_idx: int | None = None,
     psw: bool = False,
     dtype: torch.dtype = torch.float32,
     index_dtypes=(torch.int64, torch.int64),
@@ -368,8 +366,8 @@ def non_padding_count(input, offsets, include_last_offset, padding_idx, num_embe
 class Result:
     output: torch.Tensor
     weight: torch.Tensor  # the weight after the call (renormed by max_norm)
-    weight_grad: Optional[torch.Tensor]
-    psw_grad: Optional[torch.Tensor]
+    weight_grad: torch.Tensor | None
+    psw_grad: torch.Tensor | None
 
 
 def run_embedding_bag(
@@ -377,7 +375,7 @@ def run_embedding_bag(
     case: Case,
     grad_output=None,
     weight=None,
-    upcast: Optional[torch.dtype] = None,
+    upcast: torch.dtype | None = None,
     **extra,
 ) -> Result:
     """Calls ``fn`` (mybag.embedding_bag or F.embedding_bag) on fresh leaf copies of the case's

@@ -8,15 +8,13 @@ graph as inductor, without generating code) and a few with "inductor".
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
+import mybag
 import pytest
 import torch
 import torch._dynamo
 import torch._dynamo.testing
 import torch.nn.functional as F
-
-import mybag
 from conftest import make_case, random_grad, requires_cuda
 
 NUM_EMBEDDINGS = 13
@@ -42,10 +40,10 @@ class Config:
     shape: str = "1d"
     mode: str = "sum"
     index_dtype: torch.dtype = torch.int64
-    padding_idx: Optional[int] = None
+    padding_idx: int | None = None
     psw: bool = False
     include_last_offset: bool = False
-    max_norm: Optional[float] = None
+    max_norm: float | None = None
     dtype: torch.dtype = torch.float32
 
     def __str__(self):
@@ -58,8 +56,8 @@ class Config:
         return "-".join(parts)
 
     def options(self):
-        return dict(mode=self.mode, padding_idx=self.padding_idx,
-                    include_last_offset=self.include_last_offset, max_norm=self.max_norm)
+        return {"mode": self.mode, "padding_idx": self.padding_idx,
+                    "include_last_offset": self.include_last_offset, "max_norm": self.max_norm}
 
 
 def make_inputs(config: Config, num_bags=3, bag_len=3, seed=0):
@@ -109,7 +107,7 @@ def assert_same(got, expected):
             assert got[key] is None, key
         else:
             assert got[key] is not None, key
-            torch.testing.assert_close(got[key], expected[key], msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(got[key], expected[key], msg=lambda m, key=key: f"{key}: {m}")
 
 
 def torch_fn(config: Config):
@@ -303,9 +301,9 @@ def _modules(mode="mean", **kwargs):
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("kwargs", [dict(mode="mean", padding_idx=1),
-                                    dict(mode="max", max_norm=1.5),
-                                    dict(mode="sum", include_last_offset=True)],
+@pytest.mark.parametrize("kwargs", [{"mode": "mean", "padding_idx": 1},
+                                    {"mode": "max", "max_norm": 1.5},
+                                    {"mode": "sum", "include_last_offset": True}],
                          ids=["mean-padding", "max-max_norm", "sum-include_last_offset-psw"])
 def test_compile_module(kwargs, dynamic):
     ref, mine = _modules(**kwargs)
@@ -362,7 +360,7 @@ def test_compile_model_after_swap():
         fn(inp, offsets).square().sum().backward()
         opt.step()
     for (name, p_ref), (_, p) in zip(ref.named_parameters(), model.named_parameters()):
-        torch.testing.assert_close(p, p_ref, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p, p_ref, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------------------------------------

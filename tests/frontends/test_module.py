@@ -7,12 +7,11 @@ import re
 import subprocess
 import sys
 
+import mybag
 import pytest
 import torch
-from torch import nn
-
-import mybag
 from mybag import EmbeddingBag, swap_embedding_bags
+from torch import nn
 
 NUM_EMBEDDINGS = 12
 EMBEDDING_DIM = 4
@@ -138,8 +137,8 @@ def test_given_weight_is_wrapped_without_copy():
         ({"mode": "sum", "padding_idx": -2}, "EmbeddingBag(12, 4, mode='sum', padding_idx=10)"),
         (
             {"max_norm": 2.0, "norm_type": 1.0, "scale_grad_by_freq": True, "mode": "max"},
-            "EmbeddingBag(12, 4, max_norm=2.0, norm_type=1.0, scale_grad_by_freq=True, "
-            "mode='max')",
+            ("EmbeddingBag(12, 4, max_norm=2.0, norm_type=1.0, scale_grad_by_freq=True, "
+             "mode='max')"),
         ),
     ],
 )
@@ -534,6 +533,7 @@ def test_python_dash_m_mybag_runs_and_reports_parity():
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-m", "mybag"],
+        check=False,  # the return code is asserted below, with the output
         capture_output=True,
         text=True,
         env=env,

@@ -6,14 +6,13 @@ backward fails with a clear error (docs/spec.md §5).
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+import mybag
 import pytest
 import torch
 import torch.nn.functional as F
-
-import mybag
 from conftest import requires_cuda
 
 NUM_EMBEDDINGS = 10
@@ -54,19 +53,19 @@ def base_kwargs(shape: str, index_dtype: torch.dtype, device="cpu", max_norm=Non
     else:
         inp = torch.tensor([[1, 2, 4, 5], [7, 8, 9, 3]], dtype=index_dtype)
         offsets = None
-    kw = dict(
-        input=inp,
-        weight=weight,
-        offsets=offsets,
-        max_norm=max_norm,
-        norm_type=2.0,
-        scale_grad_by_freq=False,
-        mode="mean",
-        sparse=False,
-        per_sample_weights=None,
-        include_last_offset=False,
-        padding_idx=None,
-    )
+    kw = {
+        "input": inp,
+        "weight": weight,
+        "offsets": offsets,
+        "max_norm": max_norm,
+        "norm_type": 2.0,
+        "scale_grad_by_freq": False,
+        "mode": "mean",
+        "sparse": False,
+        "per_sample_weights": None,
+        "include_last_offset": False,
+        "padding_idx": None,
+    }
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 

@@ -25,17 +25,14 @@ from __future__ import annotations
 import math
 import os
 
+import mybag
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, Phase, assume, given, note, settings
-from hypothesis import strategies as st
-
-import mybag
 from conftest import (
     Case,
-    bag_positions,
     assert_close,
+    bag_positions,
     dense,
     reference_embedding_bag,
     reference_psw_grad,
@@ -43,6 +40,8 @@ from conftest import (
     reference_weight_grad,
     run_embedding_bag,
 )
+from hypothesis import HealthCheck, Phase, assume, given, note, settings
+from hypothesis import strategies as st
 
 # ---------------------------------------------------------------------------------------------
 # Profiles (registered here, applied per test: loading one globally would change other files).
@@ -195,7 +194,7 @@ def calls(draw, device="cpu", allow_nan=False):
 
     case = Case(inp, offsets, w, psw, mode, include_last_offset, padding_idx).to(
         device, input_dtype, offsets_dtype)
-    flags = dict(values=values, last_offset_short=last_offset_short, seed=seed)
+    flags = {"values": values, "last_offset_short": last_offset_short, "seed": seed}
     return case, extra, flags
 
 
@@ -249,7 +248,7 @@ def check_call(case: Case, extra: dict, flags: dict, device: str, against_torch=
     msg = describe(case, extra)
     try:
         note(msg)
-    except Exception:  # called outside hypothesis (the regression tests)
+    except Exception:  # noqa: BLE001, S110  (called outside hypothesis: the regression tests)
         pass
     g = torch.Generator().manual_seed(flags["seed"] + 1)
     num_bags = len(reference_embedding_bag(case.input, case.weight, case.offsets, **case.kwargs()))
@@ -430,7 +429,7 @@ def test_fuzz_strided_weight_and_indices(device):
     @given(call=calls(device=device), layout=st.sampled_from(["transpose", "slice"]),
            step=st.integers(2, 3))
     def run(call, layout, step):
-        case, extra, flags = call
+        case, extra, _ = call
         assume("max_norm" not in extra)
         _count(f"strided[{device}]")
         w = case.weight
@@ -475,7 +474,7 @@ def test_long_bag_between_empty_bags(device, mode):
     inp = torch.randint(0, 50, (1000,), generator=g).to(device)
     offs = torch.tensor([0, 0, 0, 1000, 1000], device=device)
     case = Case(inp, offs, w, None, mode=mode)
-    check_call(case, {}, dict(values="randn", last_offset_short=False, seed=3), device)
+    check_call(case, {}, {"values": "randn", "last_offset_short": False, "seed": 3}, device)
 
 
 def test_sparse_scale_grad_by_freq_all_padding_bag(device):
@@ -483,8 +482,8 @@ def test_sparse_scale_grad_by_freq_all_padding_bag(device):
     inp = torch.tensor([2, 2, 5, 5, 1, 2], device=device)
     offs = torch.tensor([0, 2, 4], device=device)
     case = Case(inp, offs, w, None, mode="mean", padding_idx=-1)
-    check_call(case, dict(sparse=True, scale_grad_by_freq=True),
-               dict(values="randn", last_offset_short=False, seed=5), device)
+    check_call(case, {"sparse": True, "scale_grad_by_freq": True},
+               {"values": "randn", "last_offset_short": False, "seed": 5}, device)
 
 
 @pytest.mark.parametrize("norm_type", [math.inf, -math.inf])

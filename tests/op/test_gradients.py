@@ -3,11 +3,10 @@ torch is wrong there, pytorch/pytorch#190063), sparse gradients, determinism, an
 training loop that must track torch's.
 """
 
+import mybag
 import pytest
 import torch
 import torch.nn.functional as F
-
-import mybag
 from conftest import (
     Case,
     assert_close,

@@ -11,11 +11,10 @@ import itertools
 import random
 import zlib
 
+import mybag
 import pytest
 import torch
 import torch.nn.functional as F
-
-import mybag
 from conftest import (
     FLOAT_DTYPES,
     HALF_DTYPES,
@@ -618,7 +617,7 @@ def test_cuda_matches_cpu(mode, dtype, form, sparse, freq, padding_idx):
                      psw=(mode == "sum"), num_embeddings=40, dim=45, num_bags=9, max_bag=50,
                      empty_bags=True, seed=3)
     grad_output = random_grad((case.num_bags, 45), dtype)
-    options = dict(sparse=sparse, scale_grad_by_freq=freq)
+    options = {"sparse": sparse, "scale_grad_by_freq": freq}
     cpu = run_mybag(case, grad_output, **options)
     gpu = run_mybag(case.to("cuda"), grad_output.cuda(), **options)
     for what in ["output", "weight_grad", "psw_grad"]:
