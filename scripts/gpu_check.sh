@@ -34,22 +34,22 @@ fi
 grep "^mybag:" "$OUT/build.log" | tee -a "$OUT/summary.txt"
 
 step "CUDA tests"
-python -m pytest tests --ignore=tests/test_cpp.py -k cuda -q -p no:cacheprovider \
+python -m pytest tests --ignore=tests/frontends/test_cpp.py -k cuda -q -p no:cacheprovider \
   --continue-on-collection-errors -rfE >"$OUT/tests.log" 2>&1 || status=1
 tail -15 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 
 # Memory errors anywhere in the kernels (out-of-bounds reads or writes, misaligned accesses,
-# use of freed memory); the test_cuda cases include bad input with checks off.
+# use of freed memory); the test_cuda_only cases include bad input with checks off.
 step "compute-sanitizer memcheck"
 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
-  python -m pytest tests/test_cuda.py tests/test_parity.py tests/test_gradients.py -k cuda -q \
+  python -m pytest tests/op/test_cuda_only.py tests/op/test_parity.py tests/op/test_gradients.py -k cuda -q \
   -p no:cacheprovider -x >"$OUT/memcheck.log" 2>&1 || status=1
 grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -5 | tee -a "$OUT/summary.txt"
 
 # Shared-memory races (the kernels use none today; this keeps it so).
 step "compute-sanitizer racecheck"
 compute-sanitizer --tool racecheck --error-exitcode 99 --print-limit 20 \
-  python -m pytest tests/test_cuda.py -k cuda -q -p no:cacheprovider -x \
+  python -m pytest tests/op/test_cuda_only.py -k cuda -q -p no:cacheprovider -x \
   >"$OUT/racecheck.log" 2>&1 || status=1
 grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed|failed" "$OUT/racecheck.log" | tail -5 |
   tee -a "$OUT/summary.txt"

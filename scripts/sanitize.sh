@@ -3,7 +3,7 @@
 # directory (python/mybag/_C.so is never touched) and runs the Python test suite against it.
 #
 #   bash scripts/sanitize.sh                 # build (if needed) + run the CPU tests
-#   SANITIZE_TESTS=tests/test_fuzz.py bash scripts/sanitize.sh -x   # extra arguments go to pytest
+#   SANITIZE_TESTS=tests/op/test_fuzz.py bash scripts/sanitize.sh -x   # extra arguments go to pytest
 #
 # Environment:
 #   SANITIZE_DIR   where the instrumented build lives (default build/sanitize); reused while
@@ -12,7 +12,7 @@
 #                  "worktree": build the working tree as it is
 #   SANITIZE_OPT   optimization for the instrumented build: "debug" (-O0 -g, the default:
 #                  fast to compile, exact stacks) or "release" (setup.py's -O3, plus -g)
-#   SANITIZE_TESTS what pytest collects (default "tests"), e.g. "tests/test_scale.py"
+#   SANITIZE_TESTS what pytest collects (default "tests"), e.g. "tests/op/test_scale.py"
 #   SANITIZE_BUILD_ONLY=1  build, do not run the tests
 #   MAX_JOBS       parallel compile jobs (default 1: gentle on a shared 2-core machine)
 #
@@ -21,7 +21,7 @@
 # the simulated out-of-memory tests (2**50-row gradients) fail in torch, as without ASan.
 # Every report goes to a log file under $SANITIZE_DIR/reports; the script fails if pytest
 # fails OR if any report was written.
-# CUDA tests and tests/test_cpp.py (a CMake build of its own) are left out.
+# CUDA tests and tests/frontends/test_cpp.py (a CMake build of its own) are left out.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -118,7 +118,7 @@ EOF
 
 set +e
 # shellcheck disable=SC2086
-python -m pytest ${SANITIZE_TESTS:-tests} -q -p no:cacheprovider --ignore=tests/test_cpp.py \
+python -m pytest ${SANITIZE_TESTS:-tests} -q -p no:cacheprovider --ignore=tests/frontends/test_cpp.py \
   -k "not cuda" "$@"
 status=$?
 set -e

@@ -5,20 +5,20 @@ docs/spec.md in plain torch, in float64 on the CPU, one bag at a time: slow and 
 it can be trusted where mybag deliberately differs from torch (include_last_offset, NaN in max mode,
 scale_grad_by_freq, sparse + scale_grad_by_freq).
 
-Test modules import the helpers with ``from conftest import ...`` (pytest puts ``tests/`` on
-``sys.path`` because it has no ``__init__.py``).
+Test modules (in tests/op, tests/frontends, tests/project) import the helpers with
+``from conftest import ...``: no folder under tests/ has an ``__init__.py``, so pytest (default
+"prepend" import mode) puts the directory of this conftest.py, ``tests/``, on ``sys.path``, and
+each test file's own directory too (hence: no two test files may share a basename).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
+import mybag  # loads the library, registers torch.ops.mybag
 import pytest
 import torch
 import torch.nn.functional as F
-
-import mybag  # noqa: F401  (loads the library, registers torch.ops.mybag)
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -54,10 +54,10 @@ INDEX_DTYPES = {
 # Tolerances for mybag against the float64 reference rounded to the weight's dtype (mybag
 # accumulates half types in float32 and rounds once, so it stays within about one ulp).
 _TOLERANCES = {
-    torch.float64: dict(rtol=1e-10, atol=1e-12),
-    torch.float32: dict(rtol=1.3e-6, atol=1e-5),
-    torch.float16: dict(rtol=1e-3, atol=1e-3),
-    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+    torch.float64: {"rtol": 1e-10, "atol": 1e-12},
+    torch.float32: {"rtol": 1.3e-6, "atol": 1e-5},
+    torch.float16: {"rtol": 1e-3, "atol": 1e-3},
+    torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2},
 }
 
 
@@ -65,7 +65,7 @@ def tol(dtype: torch.dtype, scale: float = 1.0) -> dict:
     """rtol/atol for comparing values of ``dtype``; ``scale`` loosens both (e.g. against torch,
     whose half paths accumulate differently)."""
     t = _TOLERANCES[dtype]
-    return dict(rtol=t["rtol"] * scale, atol=t["atol"] * scale)
+    return {"rtol": t["rtol"] * scale, "atol": t["atol"] * scale}
 
 
 def assert_close(actual, expected, dtype=None, scale=1.0, msg=None, check_dtype=True):
@@ -92,12 +92,12 @@ class Case:
     """One embedding_bag call's tensors and options. ``input`` may be 1-D (with offsets) or 2-D."""
 
     input: torch.Tensor
-    offsets: Optional[torch.Tensor]
+    offsets: torch.Tensor | None
     weight: torch.Tensor
-    per_sample_weights: Optional[torch.Tensor]
+    per_sample_weights: torch.Tensor | None
     mode: str = "mean"
     include_last_offset: bool = False
-    padding_idx: Optional[int] = None
+    padding_idx: int | None = None
 
     @property
     def num_embeddings(self) -> int:
@@ -107,13 +107,28 @@ class Case:
     def num_bags(self) -> int:
         return len(bag_positions(self.input, self.offsets, self.include_last_offset))
 
-    def kwargs(self) -> dict:
-        return dict(
-            mode=self.mode,
-            per_sample_weights=self.per_sample_weights,
-            include_last_offset=self.include_last_offset,
-            padding_idx=self.padding_idx,
+    def to(self, device, input_dtype=None, offsets_dtype=None) -> Case:
+        """The same case with its tensors on ``device`` (index tensors optionally converted)."""
+        input, offsets, psw = self.input, self.offsets, self.per_sample_weights
+        if input_dtype is not None:
+            input = input.to(input_dtype)
+        if offsets is not None and offsets_dtype is not None:
+            offsets = offsets.to(offsets_dtype)
+        return dataclasses.replace(
+            self,
+            input=input.to(device),
+            offsets=None if offsets is None else offsets.to(device),
+            weight=self.weight.to(device),
+            per_sample_weights=None if psw is None else psw.to(device),
         )
+
+    def kwargs(self) -> dict:
+        return {
+            "mode": self.mode,
+            "per_sample_weights": self.per_sample_weights,
+            "include_last_offset": self.include_last_offset,
+            "padding_idx": self.padding_idx,
+        }
 
     def describe(self) -> str:
         return (
@@ -130,7 +145,7 @@ def make_case(
     mode: str = "sum",
     form: str = "1d",
     include_last_offset: bool = False,
-    padding_idx: Optional[int] = None,
+    padding_idx: int | None = None,
     psw: bool = False,
     dtype: torch.dtype = torch.float32,
     index_dtypes=(torch.int64, torch.int64),
@@ -198,15 +213,8 @@ def make_case(
     if psw:
         per_sample_weights = torch.randn(inp.shape, generator=g, dtype=torch.float64).to(dtype)
 
-    return Case(
-        input=inp.to(input_dtype).to(device),
-        offsets=None if offsets is None else offsets.to(offsets_dtype).to(device),
-        weight=weight.to(device),
-        per_sample_weights=None if per_sample_weights is None else per_sample_weights.to(device),
-        mode=mode,
-        include_last_offset=include_last_offset,
-        padding_idx=padding_idx,
-    )
+    case = Case(inp, offsets, weight, per_sample_weights, mode, include_last_offset, padding_idx)
+    return case.to(device, input_dtype, offsets_dtype)
 
 
 def random_grad(shape, dtype, device="cpu", seed=1) -> torch.Tensor:
@@ -272,15 +280,8 @@ def _max_winners(w64, rows):
     return is_best.to(torch.int64).argmax(0)  # first maximal
 
 
-def reference_embedding_bag(
-    input,
-    weight,
-    offsets=None,
-    mode="mean",
-    per_sample_weights=None,
-    include_last_offset=False,
-    padding_idx=None,
-) -> torch.Tensor:
+def reference_embedding_bag(input, weight, offsets=None, mode="mean", per_sample_weights=None,
+                            include_last_offset=False, padding_idx=None) -> torch.Tensor:
     """Forward per docs/spec.md §2-§3, in float64, returned in weight's dtype on the CPU."""
     num, dim = weight.shape
     w64 = weight.detach().cpu().double()
@@ -306,17 +307,9 @@ def reference_embedding_bag(
     return out.to(weight.dtype)
 
 
-def reference_weight_grad(
-    grad_output,
-    input,
-    weight,
-    offsets=None,
-    mode="mean",
-    per_sample_weights=None,
-    include_last_offset=False,
-    padding_idx=None,
-    scale_grad_by_freq=False,
-) -> torch.Tensor:
+def reference_weight_grad(grad_output, input, weight, offsets=None, mode="mean",
+                          per_sample_weights=None, include_last_offset=False, padding_idx=None,
+                          scale_grad_by_freq=False) -> torch.Tensor:
     """Dense gradient w.r.t. weight per docs/spec.md §5, float64 (num_embeddings, D) on the CPU.
     ``weight`` is the weight the forward used (after any renorm); max mode needs it."""
     num, dim = weight.shape
@@ -373,8 +366,8 @@ def non_padding_count(input, offsets, include_last_offset, padding_idx, num_embe
 class Result:
     output: torch.Tensor
     weight: torch.Tensor  # the weight after the call (renormed by max_norm)
-    weight_grad: Optional[torch.Tensor]
-    psw_grad: Optional[torch.Tensor]
+    weight_grad: torch.Tensor | None
+    psw_grad: torch.Tensor | None
 
 
 def run_embedding_bag(
@@ -382,7 +375,7 @@ def run_embedding_bag(
     case: Case,
     grad_output=None,
     weight=None,
-    upcast: Optional[torch.dtype] = None,
+    upcast: torch.dtype | None = None,
     **extra,
 ) -> Result:
     """Calls ``fn`` (mybag.embedding_bag or F.embedding_bag) on fresh leaf copies of the case's

@@ -14,7 +14,7 @@ operator), the constructor's argument checks (``ValueError`` where torch asserts
 ``from_pretrained``'s check and the ``repr`` name are overridden.
 
 What the subclass changes for torch's tools that special-case ``nn.EmbeddingBag`` (tested in
-tests/test_torch_tools.py, test_ddp.py and test_fsdp.py; torchrec only read):
+tests/frontends/test_torch_tools.py, test_ddp.py and test_fsdp.py; torchrec only read):
 
 - DDP (``isinstance``): sparse gradients are recognized and all-reduced, as for torch's module.
 - ``torch.ao.quantization`` (``quantize_dynamic``, ``prepare_qat``, ``convert``):
@@ -25,7 +25,7 @@ tests/test_torch_tools.py, test_ddp.py and test_fsdp.py; torchrec only read):
   modules alone).
 - FSDP: ``ModuleWrapPolicy({nn.EmbeddingBag})`` matches with ``isinstance`` and so gives
   mybag's module its own unit, as torch's; ``ignored_modules`` takes instances and does not
-  look at classes; ``fully_shard`` trains it like torch's module (tests/test_fsdp.py).
+  look at classes; ``fully_shard`` trains it like torch's module (tests/frontends/test_fsdp.py).
 - torchrec (read from its source; not installed here): ``DistributedModelParallel`` looks its
   sharders up by exact ``type(module)``, so a mybag module is not sharded; it stays
   data-parallel under the DDP wrapper, which handles its sparse gradients.

@@ -1,5 +1,5 @@
 """What torch's tools that special-case nn.EmbeddingBag do with mybag.EmbeddingBag, a subclass
-of it (DDP has its own file, tests/test_ddp.py)."""
+of it (DDP has its own file, tests/frontends/test_ddp.py)."""
 
 import warnings
 
@@ -124,7 +124,7 @@ def test_repr_names_mybag():
 
 def test_fsdp_module_wrap_policy_wraps_mybag_modules_like_torchs():
     # FSDP's ModuleWrapPolicy matches with isinstance: a policy naming nn.EmbeddingBag gives
-    # mybag's module its own FSDP unit, as it does torch's (training: tests/test_fsdp.py).
+    # mybag's module its own FSDP unit, as it does torch's (training: tests/frontends/test_fsdp.py).
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     policy = ModuleWrapPolicy({nn.EmbeddingBag})

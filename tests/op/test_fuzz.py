@@ -14,7 +14,7 @@ ties) and checks forward, the weight gradient and the per_sample_weights gradien
 Budget: the "ci" profile (default) runs a bounded, derandomized number of examples, so CI is
 reproducible. A long campaign (docs/reliability.md):
 
-    MYBAG_FUZZ_PROFILE=campaign MYBAG_FUZZ_EXAMPLES=100000 python -m pytest tests/test_fuzz.py
+    MYBAG_FUZZ_PROFILE=campaign MYBAG_FUZZ_EXAMPLES=100000 python -m pytest tests/op/test_fuzz.py
 
 The campaign profile is randomized and keeps hypothesis' example database (.hypothesis/), so a
 failure found once is replayed first on the next run.
@@ -25,17 +25,14 @@ from __future__ import annotations
 import math
 import os
 
+import mybag
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, Phase, assume, given, note, settings
-from hypothesis import strategies as st
-
-import mybag
 from conftest import (
     Case,
-    bag_positions,
     assert_close,
+    bag_positions,
     dense,
     reference_embedding_bag,
     reference_psw_grad,
@@ -43,6 +40,8 @@ from conftest import (
     reference_weight_grad,
     run_embedding_bag,
 )
+from hypothesis import HealthCheck, Phase, assume, given, note, settings
+from hypothesis import strategies as st
 
 # ---------------------------------------------------------------------------------------------
 # Profiles (registered here, applied per test: loading one globally would change other files).
@@ -87,9 +86,6 @@ def fuzz_settings(scale: float = 1.0):
         return settings(base, max_examples=max(10, int(base.max_examples * scale)))
     return settings(base)
 
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 MODE_INT = {"sum": 0, "mean": 1, "max": 2}
@@ -196,16 +192,9 @@ def calls(draw, device="cpu", allow_nan=False):
         extra["max_norm"] = draw(st.sampled_from([0.5, 1.0, 2.5, 0.0]))
         extra["norm_type"] = draw(st.sampled_from([2.0, 1.0, math.inf, 3.0]))
 
-    case = Case(
-        input=inp.to(input_dtype).to(device),
-        offsets=None if offsets is None else offsets.to(offsets_dtype).to(device),
-        weight=w.to(device),
-        per_sample_weights=None if psw is None else psw.to(device),
-        mode=mode,
-        include_last_offset=include_last_offset,
-        padding_idx=padding_idx,
-    )
-    flags = dict(values=values, last_offset_short=last_offset_short, seed=seed)
+    case = Case(inp, offsets, w, psw, mode, include_last_offset, padding_idx).to(
+        device, input_dtype, offsets_dtype)
+    flags = {"values": values, "last_offset_short": last_offset_short, "seed": seed}
     return case, extra, flags
 
 
@@ -259,7 +248,7 @@ def check_call(case: Case, extra: dict, flags: dict, device: str, against_torch=
     msg = describe(case, extra)
     try:
         note(msg)
-    except Exception:  # called outside hypothesis (the regression tests)
+    except Exception:  # noqa: BLE001, S110  (called outside hypothesis: the regression tests)
         pass
     g = torch.Generator().manual_seed(flags["seed"] + 1)
     num_bags = len(reference_embedding_bag(case.input, case.weight, case.offsets, **case.kwargs()))
@@ -351,7 +340,6 @@ def check_call(case: Case, extra: dict, flags: dict, device: str, against_torch=
 # The fuzz tests
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_against_torch_and_reference(device):
     @fuzz_settings(1.0)
     @given(call=calls(device=device))
@@ -364,7 +352,6 @@ def test_fuzz_against_torch_and_reference(device):
     _report(f"against_torch[{device}]")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_nan_and_inf_weights_against_reference(device):
     # NaN and +-inf in the table: compared with the reference only (torch keeps a NaN in
     # max mode only when it comes first in the bag).
@@ -379,7 +366,6 @@ def test_fuzz_nan_and_inf_weights_against_reference(device):
     _report(f"nan_inf[{device}]")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_public_op_equals_internal_ops(device):
     # The public op is a composite of the internal ones: calling those directly (forward, dense
     # and per-entry backward, per_sample_weights backward) gives the same bits.
@@ -436,7 +422,6 @@ def test_fuzz_public_op_equals_internal_ops(device):
     _report(f"internal_ops[{device}]")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_strided_weight_and_indices(device):
     # Non-contiguous weight (a transposed or column-sliced view) and non-contiguous input and
     # offsets (every other element of a larger tensor): the same results as contiguous copies.
@@ -444,7 +429,7 @@ def test_fuzz_strided_weight_and_indices(device):
     @given(call=calls(device=device), layout=st.sampled_from(["transpose", "slice"]),
            step=st.integers(2, 3))
     def run(call, layout, step):
-        case, extra, flags = call
+        case, extra, _ = call
         assume("max_norm" not in extra)
         _count(f"strided[{device}]")
         w = case.weight
@@ -482,7 +467,6 @@ def test_fuzz_strided_weight_and_indices(device):
 # edges the strategy aims for, so that they run on every CI run whatever the profile draws.
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_long_bag_between_empty_bags(device, mode):
     g = torch.Generator().manual_seed(3)
@@ -490,20 +474,18 @@ def test_long_bag_between_empty_bags(device, mode):
     inp = torch.randint(0, 50, (1000,), generator=g).to(device)
     offs = torch.tensor([0, 0, 0, 1000, 1000], device=device)
     case = Case(inp, offs, w, None, mode=mode)
-    check_call(case, {}, dict(values="randn", last_offset_short=False, seed=3), device)
+    check_call(case, {}, {"values": "randn", "last_offset_short": False, "seed": 3}, device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_sparse_scale_grad_by_freq_all_padding_bag(device):
     w = torch.randn(6, 3, dtype=torch.float64, device=device)
     inp = torch.tensor([2, 2, 5, 5, 1, 2], device=device)
     offs = torch.tensor([0, 2, 4], device=device)
     case = Case(inp, offs, w, None, mode="mean", padding_idx=-1)
-    check_call(case, dict(sparse=True, scale_grad_by_freq=True),
-               dict(values="randn", last_offset_short=False, seed=5), device)
+    check_call(case, {"sparse": True, "scale_grad_by_freq": True},
+               {"values": "randn", "last_offset_short": False, "seed": 5}, device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm_type", [math.inf, -math.inf])
 def test_renorm_inf_norm_with_nan_row_is_left_alone(device, norm_type):
     # Regression: found by test_fuzz_nan_and_inf_weights_against_reference in bf668a5, where

@@ -11,9 +11,6 @@ import torch.nn.functional as F
 
 ops = torch.ops.mybag
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))]
-
 INTERNAL_OPS = [
     "_embedding_bag_renorm_",
     "_embedding_bag_forward",
@@ -135,7 +132,6 @@ def _rg(t, requires_grad):
 
 
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("s", ALL + PUBLIC_ONLY_SAMPLES, ids=_ids(ALL + PUBLIC_ONLY_SAMPLES))
 def test_opcheck_embedding_bag(s, device, requires_grad):
     inp, weight, offsets, psw = s.tensors(device)
@@ -165,14 +161,12 @@ def forward_args(s: Sample, device, requires_grad=False):
 
 
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("s", ALL, ids=_ids(ALL))
 def test_opcheck_forward(s, device, requires_grad):
     torch.library.opcheck(ops._embedding_bag_forward.default,
                           forward_args(s, device, requires_grad))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("s", ALL, ids=_ids(ALL))
 def test_opcheck_renorm(s, device):
     inp, weight, offsets, _ = s.tensors(device)
@@ -212,20 +206,17 @@ NOT_MAX = [s for s in ALL if s.mode != "max"]
 SUM = [s for s in ALL if s.mode == "sum"]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("s", ALL, ids=_ids(ALL))
 def test_opcheck_dense_backward(s, device):
     torch.library.opcheck(ops._embedding_bag_dense_backward.default, dense_backward_args(s, device))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("s", NOT_MAX, ids=_ids(NOT_MAX))
 def test_opcheck_per_entry_grad(s, device):
     torch.library.opcheck(ops._embedding_bag_per_entry_grad.default,
                           per_entry_grad_args(s, device))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("s", SUM, ids=_ids(SUM))
 def test_opcheck_per_sample_weights_backward(s, device):
     torch.library.opcheck(ops._embedding_bag_per_sample_weights_backward.default,
@@ -260,7 +251,6 @@ def test_backward_ops_are_not_silently_differentiable(name):
         torch.autograd.grad(out.sum(), args[0])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(BACKWARD_OPS))
 def test_opcheck_backward_ops_with_requires_grad(name, device):
     """With a grad that requires grad, every opcheck test passes except the one that

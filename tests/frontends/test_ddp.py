@@ -9,19 +9,11 @@ When mybag's module was a plain nn.Module, ``sparse=True`` failed inside DDP wit
 import os
 import sys
 
+import distributed_training as training
 import mybag
 import pytest
 import torch
 import torch.distributed as dist
-from distributed_training import (
-    BAGS_PER_STEP,
-    WORLD_SIZE,
-    assert_trained_like_one_process,
-    init_process_group,
-    new_model,
-    run_on_ranks,
-    train,
-)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -30,12 +22,12 @@ CONFIGS = [("mean", False, None), ("sum", True, None), ("mean", True, 0), ("max"
 
 
 def worker(rank, port, out_dir):
-    init_process_group(rank, port)
+    training.init_process_group(rank, port)
     try:
         for index, config in enumerate(CONFIGS):
-            model = new_model(config)
+            model = training.new_model(config)
             ddp = DistributedDataParallel(model)
-            train(ddp, list(range(rank, BAGS_PER_STEP, WORLD_SIZE)), ddp.parameters())
+            training.train(ddp, training.bags_of_rank(rank), ddp.parameters())
             if rank == 0:
                 torch.save(model.state_dict(), os.path.join(out_dir, f"config{index}.pt"))
     finally:
@@ -45,8 +37,8 @@ def worker(rank, port, out_dir):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo on loopback")
 def test_ddp_training_equals_one_process_on_the_global_batch(tmp_path):
-    run_on_ranks(worker, tmp_path, "DDP")
-    assert_trained_like_one_process(CONFIGS, tmp_path)
+    training.run_on_ranks(worker, tmp_path, "DDP")
+    training.assert_trained_like_one_process(CONFIGS, tmp_path)
 
 
 def test_ddp_sees_sparse_gradients_of_mybag_modules():

@@ -51,6 +51,11 @@ def batch(step, bag_ids):
     return torch.cat(chosen), offsets
 
 
+def bags_of_rank(rank):
+    """The bags of each step's global batch that ``rank`` trains on."""
+    return list(range(rank, BAGS_PER_STEP, WORLD_SIZE))
+
+
 def train(model, bag_ids, parameters):
     optimizer = torch.optim.SGD(parameters, lr=0.5)
     for step in range(STEPS):

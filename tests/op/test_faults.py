@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import mybag
-from conftest import DEVICES, assert_close, reference_embedding_bag
+from conftest import assert_close, reference_embedding_bag
 
 ALLOWED = (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError)
 HUGE = 2**50
@@ -125,7 +125,6 @@ def inject(fault, weight, device):
         raise ValueError(fault)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("optimizer_name", ["sgd_momentum", "adam"])
 @pytest.mark.parametrize("fault", FAULTS)
 def test_fault_leaves_weight_grad_and_optimizer_state_alone(device, optimizer_name, fault):
@@ -156,7 +155,6 @@ def test_fault_leaves_weight_grad_and_optimizer_state_alone(device, optimizer_na
     assert torch.equal(weight.grad, twin.grad)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_out_of_memory_in_backward_is_an_ordinary_error(device):
     w = torch.randn(3, 8, device=device, requires_grad=True)
     huge = w[:1].expand(HUGE, 8)
@@ -176,7 +174,6 @@ def test_out_of_memory_in_backward_is_an_ordinary_error(device):
     assert_close(grad.coalesce().values().sum(0), torch.full((8,), 2.0, device=device))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_internal_backward_ops_fail_cleanly(device, mode):
     w = torch.randn(6, 3, device=device)
@@ -223,7 +220,6 @@ def test_internal_backward_ops_fail_cleanly(device, mode):
     assert torch.equal(again, first)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_bad_index_with_max_norm_leaves_weight_bitwise(device):
     # torch renormalizes first and fails afterwards (docs/spec.md §4); mybag validates first.
     w = (torch.randn(50, 16, device=device) * 10)
@@ -240,7 +236,6 @@ def test_bad_index_with_max_norm_leaves_weight_bitwise(device):
     assert torch.equal(w, before)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_many_faults_then_correct_results(device):
     # 300 failing calls of every kind, interleaved with good ones: no state leaks between them.
     g = torch.Generator().manual_seed(0)

@@ -5,14 +5,12 @@ backward like eager torch.
 TorchScript is deprecated upstream and warns (DeprecationWarning); the warnings stay warnings.
 """
 
-from typing import Optional
 
+import mybag
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-import mybag
 
 NUM_EMBEDDINGS = 9
 DIM = 4
@@ -49,26 +47,26 @@ def assert_same(got, expected):
         if e is None:
             assert g is None, name
         else:
-            torch.testing.assert_close(g, e, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(g, e, msg=lambda m, name=name: f"{name}: {m}")
 
 
 CASES = [
-    dict(shape="1d", mode="sum"),
-    dict(shape="1d", mode="mean", padding_idx=2),
-    dict(shape="1d", mode="max"),
-    dict(shape="2d", mode="sum", psw=True),
-    dict(shape="2d", mode="mean", max_norm=1.5),
-    dict(shape="2d", mode="max", padding_idx=-2),
-    dict(shape="1d", mode="sum", include_last_offset=True, psw=True, padding_idx=0),
+    {"shape": "1d", "mode": "sum"},
+    {"shape": "1d", "mode": "mean", "padding_idx": 2},
+    {"shape": "1d", "mode": "max"},
+    {"shape": "2d", "mode": "sum", "psw": True},
+    {"shape": "2d", "mode": "mean", "max_norm": 1.5},
+    {"shape": "2d", "mode": "max", "padding_idx": -2},
+    {"shape": "1d", "mode": "sum", "include_last_offset": True, "psw": True, "padding_idx": 0},
 ]
 
 
 def _split(case):
     data_keys = ("shape", "padding_idx", "psw", "include_last_offset")
     data = {k: case[k] for k in data_keys if k in case}
-    options = dict(mode=case["mode"], padding_idx=case.get("padding_idx"),
-                   include_last_offset=case.get("include_last_offset", False),
-                   max_norm=case.get("max_norm"))
+    options = {"mode": case["mode"], "padding_idx": case.get("padding_idx"),
+                   "include_last_offset": case.get("include_last_offset", False),
+                   "max_norm": case.get("max_norm")}
     return data, options
 
 
@@ -124,8 +122,8 @@ def test_script_functional(case, scripted_functional, tmp_path):
 class OpModule(torch.nn.Module):
     mode: str
     include_last_offset: bool
-    padding_idx: Optional[int]
-    max_norm: Optional[float]
+    padding_idx: int | None
+    max_norm: float | None
 
     def __init__(self, weight, mode, include_last_offset=False, padding_idx=None,
                  max_norm=None):
@@ -136,8 +134,8 @@ class OpModule(torch.nn.Module):
         self.padding_idx = padding_idx
         self.max_norm = max_norm
 
-    def forward(self, inp: Tensor, offsets: Optional[Tensor],
-                per_sample_weights: Optional[Tensor]) -> Tensor:
+    def forward(self, inp: Tensor, offsets: Tensor | None,
+                per_sample_weights: Tensor | None) -> Tensor:
         return torch.ops.mybag.embedding_bag(
             inp, self.weight, offsets, self.max_norm, 2.0, False, self.mode, False,
             per_sample_weights, self.include_last_offset, self.padding_idx)
@@ -167,9 +165,9 @@ def test_script_op_module_save_load(case, tmp_path):
 
 
 @torch.jit.script
-def _scripted_caller(inp: Tensor, weight: Tensor, offsets: Optional[Tensor],
-                     per_sample_weights: Optional[Tensor], mode: str,
-                     padding_idx: Optional[int]) -> Tensor:
+def _scripted_caller(inp: Tensor, weight: Tensor, offsets: Tensor | None,
+                     per_sample_weights: Tensor | None, mode: str,
+                     padding_idx: int | None) -> Tensor:
     # Calls through the op with keywords, leaving the rest at the schema's defaults.
     return torch.ops.mybag.embedding_bag(inp, weight, offsets, mode=mode,
                                          per_sample_weights=per_sample_weights,
@@ -177,26 +175,26 @@ def _scripted_caller(inp: Tensor, weight: Tensor, offsets: Optional[Tensor],
 
 
 @torch.jit.script
-def _scripted_default_mode(inp: Tensor, weight: Tensor, offsets: Optional[Tensor]) -> Tensor:
+def _scripted_default_mode(inp: Tensor, weight: Tensor, offsets: Tensor | None) -> Tensor:
     return torch.ops.mybag.embedding_bag(inp, weight, offsets)
 
 
 def test_script_function_calling_op_with_keywords(tmp_path):
-    for case in [dict(mode="sum", psw=True, padding_idx=1), dict(mode="max", padding_idx=None),
-                 dict(mode="mean", padding_idx=-1)]:
+    for case in [{"mode": "sum", "psw": True, "padding_idx": 1}, {"mode": "max", "padding_idx": None},
+                 {"mode": "mean", "padding_idx": -1}]:
         inp, offsets, weight, psw = make_inputs(psw=case.get("psw", False),
                                                 padding_idx=case["padding_idx"])
-        options = dict(mode=case["mode"], padding_idx=case["padding_idx"])
+        options = {"mode": case["mode"], "padding_idx": case["padding_idx"]}
         expected = fwd_bwd(_torch_reference(options), inp, offsets, weight, psw)
-        got = fwd_bwd(lambda i, w, o, p: _scripted_caller(i, w, o, p, options["mode"],
-                                                          options["padding_idx"]),
+        got = fwd_bwd(lambda i, w, o, p, options=options: _scripted_caller(
+                          i, w, o, p, options["mode"], options["padding_idx"]),
                       inp, offsets, weight, psw)
         assert_same(got, expected)
     path = tmp_path / "caller.pt"
     _scripted_caller.save(str(path))
     loaded = torch.jit.load(str(path))
     inp, offsets, weight, psw = make_inputs(psw=True, padding_idx=3)
-    expected = fwd_bwd(_torch_reference(dict(mode="sum", padding_idx=3)), inp, offsets, weight,
+    expected = fwd_bwd(_torch_reference({"mode": "sum", "padding_idx": 3}), inp, offsets, weight,
                        psw)
     assert_same(fwd_bwd(lambda i, w, o, p: loaded(i, w, o, p, "sum", 3), inp, offsets, weight,
                         psw), expected)
@@ -227,11 +225,11 @@ def test_script_errors_are_raised():
 
 
 MODULE_CASES = [
-    dict(mode="mean"),
-    dict(mode="sum", padding_idx=2, psw=True),
-    dict(mode="max", max_norm=1.5),
-    dict(mode="sum", include_last_offset=True),
-    dict(mode="mean", padding_idx=-1, shape="2d"),
+    {"mode": "mean"},
+    {"mode": "sum", "padding_idx": 2, "psw": True},
+    {"mode": "max", "max_norm": 1.5},
+    {"mode": "sum", "include_last_offset": True},
+    {"mode": "mean", "padding_idx": -1, "shape": "2d"},
 ]
 
 
@@ -268,6 +266,10 @@ def test_script_module_save_load(case, tmp_path):
                         None if p is None else p.grad))
     assert_same(results[1], results[0])
     assert_same(results[2], results[0])
+    # The scripted module holds the eager module's Parameter (the loaded one is a copy), and
+    # both call mybag's op.
+    assert torch.equal(mine.weight.grad, results[1][1])
+    assert "mybag::embedding_bag" in str(loaded.inlined_graph)
 
 
 def test_script_model_with_module_trains_like_torch(tmp_path):
@@ -299,4 +301,4 @@ def test_script_model_with_module_trains_like_torch(tmp_path):
             F.mse_loss(m(inp, offsets), target).backward()
             opt.step()
     for (name, p_ref), (_, p) in zip(ref.named_parameters(), loaded.named_parameters()):
-        torch.testing.assert_close(p, p_ref, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p, p_ref, msg=lambda m, name=name: f"{name}: {m}")

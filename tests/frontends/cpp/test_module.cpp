@@ -146,7 +146,7 @@ void test_options_and_init() {
   }
   {
     SCOPE("padding_idx out of range");
-    // A ValueError with the Python module's text (tests/test_module.py checks that side).
+    // A ValueError with the Python module's text (tests/frontends/test_module.py checks that side).
     EXPECT_THROWS(c10::ValueError,
                   mybag::EmbeddingBag(mybag::EmbeddingBagOptions(kNum, kDim).padding_idx(kNum)),
                   "EmbeddingBag: padding_idx=" + std::to_string(kNum) + " is out of range");

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 BLOCK = re.compile(r"(?:<!-- not run: (?P<skip>[^>]*?) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```",
                    re.S)
@@ -106,7 +106,7 @@ def test_ci_runs_the_readme_commands_verbatim():
 
 
 def test_cpp_recipe_is_what_the_cpp_tests_run():
-    # The C++ tests (tests/test_cpp.py -> scripts/build_cpp.sh) build and consume the package
+    # The C++ tests (tests/frontends/test_cpp.py -> scripts/build_cpp.sh) build and consume the package
     # with exactly the README's commands.
     script = (ROOT / "scripts" / "build_cpp.sh").read_text().splitlines()
     sh_blocks = [m.group("body") for m in BLOCK.finditer(README) if m.group("lang") == "sh"]

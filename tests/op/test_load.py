@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import mybag
-from conftest import DEVICES, make_case, random_grad
+from conftest import make_case, random_grad
 
 THREADS = 8
 CALLS_PER_THREAD = 50
@@ -57,7 +57,6 @@ def _equal(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_threads_get_identical_results(device):
     cases = _cases(device)
     grads = [random_grad((c.num_bags, c.weight.shape[1]), c.weight.dtype, device, seed=i)
@@ -93,7 +92,6 @@ def test_threads_get_identical_results(device):
     assert sum(counts) == THREADS * CALLS_PER_THREAD
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_results_do_not_depend_on_num_threads(device):
     cases = _cases(device)
     grads = [random_grad((c.num_bags, c.weight.shape[1]), c.weight.dtype, device, seed=i)
@@ -124,7 +122,6 @@ def _rss_mb() -> float:
 
 @pytest.mark.skipif(os.environ.get("MYBAG_SANITIZED") == "1",
                     reason="ASan's quarantine holds freed memory: RSS says nothing under it")
-@pytest.mark.parametrize("device", DEVICES)
 def test_memory_flat_over_many_calls(device):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(100, 16, generator=g).to(device).requires_grad_(True)

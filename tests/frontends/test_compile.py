@@ -8,15 +8,14 @@ graph as inductor, without generating code) and a few with "inductor".
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
+import mybag
 import pytest
 import torch
 import torch._dynamo
 import torch._dynamo.testing
 import torch.nn.functional as F
-
-import mybag
+from conftest import make_case, random_grad, requires_cuda
 
 NUM_EMBEDDINGS = 13
 DIM = 6
@@ -33,14 +32,18 @@ def _reset_dynamo():
 
 
 @dataclass(frozen=True)
-class Case:
+class Config:
+    """What a compile test compiles: the input form and the call's options, no tensors (a
+    parameter with a readable id; make_inputs builds the tensors for each size). Not a
+    conftest.Case, which holds one call's tensors."""
+
     shape: str = "1d"
     mode: str = "sum"
     index_dtype: torch.dtype = torch.int64
-    padding_idx: Optional[int] = None
+    padding_idx: int | None = None
     psw: bool = False
     include_last_offset: bool = False
-    max_norm: Optional[float] = None
+    max_norm: float | None = None
     dtype: torch.dtype = torch.float32
 
     def __str__(self):
@@ -48,22 +51,22 @@ class Case:
         for f in ["index_dtype", "padding_idx", "psw", "include_last_offset", "max_norm",
                   "dtype"]:
             value = getattr(self, f)
-            if value != Case.__dataclass_fields__[f].default:
+            if value != Config.__dataclass_fields__[f].default:
                 parts.append(f"{f}={str(value).replace('torch.', '')}")
         return "-".join(parts)
 
     def options(self):
-        return dict(mode=self.mode, padding_idx=self.padding_idx,
-                    include_last_offset=self.include_last_offset, max_norm=self.max_norm)
+        return {"mode": self.mode, "padding_idx": self.padding_idx,
+                    "include_last_offset": self.include_last_offset, "max_norm": self.max_norm}
 
 
-def make_inputs(case: Case, num_bags=3, bag_len=3, seed=0):
+def make_inputs(config: Config, num_bags=3, bag_len=3, seed=0):
     """input, offsets, weight, per_sample_weights: num_bags bags (one of them empty in the 1-D
     form), rows with 2-norms around 4 (so max_norm=1.5 renormalizes most of them)."""
     gen = torch.Generator().manual_seed(seed)
     weight = (torch.randn(NUM_EMBEDDINGS, DIM, generator=gen, dtype=torch.float64) * 2).to(
-        case.dtype)
-    if case.shape == "2d":
+        config.dtype)
+    if config.shape == "2d":
         inp = torch.randint(0, NUM_EMBEDDINGS, (num_bags, bag_len), generator=gen)
         offsets = None
     else:
@@ -74,14 +77,14 @@ def make_inputs(case: Case, num_bags=3, bag_len=3, seed=0):
         starts = [0]
         for n in lengths[:-1]:
             starts.append(starts[-1] + n)
-        if case.include_last_offset:
+        if config.include_last_offset:
             starts.append(sum(lengths))  # the last bag ends at N (docs/spec.md §2)
-        offsets = torch.tensor(starts, dtype=case.index_dtype)
-    if case.padding_idx is not None:
-        inp.view(-1)[[0, 2]] = case.padding_idx % NUM_EMBEDDINGS
-    inp = inp.to(case.index_dtype)
-    psw = (torch.rand(inp.shape, generator=gen, dtype=torch.float64).to(case.dtype)
-           if case.psw else None)
+        offsets = torch.tensor(starts, dtype=config.index_dtype)
+    if config.padding_idx is not None:
+        inp.view(-1)[[0, 2]] = config.padding_idx % NUM_EMBEDDINGS
+    inp = inp.to(config.index_dtype)
+    psw = (torch.rand(inp.shape, generator=gen, dtype=torch.float64).to(config.dtype)
+           if config.psw else None)
     return inp, offsets, weight, psw
 
 
@@ -104,19 +107,19 @@ def assert_same(got, expected):
             assert got[key] is None, key
         else:
             assert got[key] is not None, key
-            torch.testing.assert_close(got[key], expected[key], msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(got[key], expected[key], msg=lambda m, key=key: f"{key}: {m}")
 
 
-def torch_fn(case: Case):
+def torch_fn(config: Config):
     def fn(inp, w, offsets, psw):
         return F.embedding_bag(inp.long(), w, None if offsets is None else offsets.long(),
-                               per_sample_weights=psw, **case.options())
+                               per_sample_weights=psw, **config.options())
 
     return fn
 
 
-def functional_fn(case: Case):
-    opts = case.options()
+def functional_fn(config: Config):
+    opts = config.options()
 
     def fn(inp, w, offsets, psw):
         return mybag.embedding_bag(inp, w, offsets, per_sample_weights=psw, **opts)
@@ -124,9 +127,9 @@ def functional_fn(case: Case):
     return fn
 
 
-def op_fn(case: Case):
-    mode, padding_idx, ilo, max_norm = (case.mode, case.padding_idx, case.include_last_offset,
-                                        case.max_norm)
+def op_fn(config: Config):
+    mode, padding_idx, ilo, max_norm = (config.mode, config.padding_idx, config.include_last_offset,
+                                        config.max_norm)
 
     def fn(inp, w, offsets, psw):
         return torch.ops.mybag.embedding_bag(inp, w, offsets, max_norm, 2.0, False, mode, False,
@@ -138,19 +141,19 @@ def op_fn(case: Case):
 ENTRY_POINTS = {"functional": functional_fn, "op": op_fn}
 
 
-def check_case(case: Case, entry="functional", backend="aot_eager", dynamic=False,
+def check_case(config: Config, entry="functional", backend="aot_eager", dynamic=False,
                sizes=((3, 3),)):
     """Compiles the entry point once with a compile counter and runs it on inputs of every
     size in `sizes`, each compared with eager torch (and eager mybag). With dynamic=True the
     sizes differ and there must be a single compilation."""
     counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
-    compiled = torch.compile(ENTRY_POINTS[entry](case), backend=counter, fullgraph=True,
+    compiled = torch.compile(ENTRY_POINTS[entry](config), backend=counter, fullgraph=True,
                              dynamic=dynamic)
     compiles_after_first = None
     for k, (num_bags, bag_len) in enumerate(sizes):
-        inputs = make_inputs(case, num_bags, bag_len, seed=k)
-        expected = run(torch_fn(case), *inputs)
-        eager = run(ENTRY_POINTS[entry](case), *inputs)
+        inputs = make_inputs(config, num_bags, bag_len, seed=k)
+        expected = run(torch_fn(config), *inputs)
+        eager = run(ENTRY_POINTS[entry](config), *inputs)
         # compiled == eager mybag (the compile path), then eager mybag == torch (the kernels)
         assert_same(run(compiled, *inputs), eager)
         assert_same(eager, expected)
@@ -171,27 +174,27 @@ def check_case(case: Case, entry="functional", backend="aot_eager", dynamic=Fals
 
 
 STATIC_CASES = [
-    Case(shape="1d", mode="sum"),
-    Case(shape="1d", mode="mean", index_dtype=torch.int32, padding_idx=2),
-    Case(shape="1d", mode="max"),
-    Case(shape="2d", mode="sum", psw=True),
-    Case(shape="2d", mode="mean"),
-    Case(shape="2d", mode="max", padding_idx=-1),
-    Case(shape="1d", mode="sum", psw=True, padding_idx=5, include_last_offset=True),
-    Case(shape="1d", mode="mean", max_norm=1.5),
-    Case(shape="2d", mode="max", max_norm=1.5, padding_idx=3),
+    Config(shape="1d", mode="sum"),
+    Config(shape="1d", mode="mean", index_dtype=torch.int32, padding_idx=2),
+    Config(shape="1d", mode="max"),
+    Config(shape="2d", mode="sum", psw=True),
+    Config(shape="2d", mode="mean"),
+    Config(shape="2d", mode="max", padding_idx=-1),
+    Config(shape="1d", mode="sum", psw=True, padding_idx=5, include_last_offset=True),
+    Config(shape="1d", mode="mean", max_norm=1.5),
+    Config(shape="2d", mode="max", max_norm=1.5, padding_idx=3),
 ]
 
 
-@pytest.mark.parametrize("case", STATIC_CASES, ids=str)
-def test_compile_functional_fullgraph(case):
-    check_case(case)
+@pytest.mark.parametrize("config", STATIC_CASES, ids=str)
+def test_compile_functional_fullgraph(config):
+    check_case(config)
 
 
-@pytest.mark.parametrize("case", [Case(shape="1d", mode="sum", psw=True, padding_idx=1),
-                                  Case(shape="2d", mode="mean", max_norm=1.5)], ids=str)
-def test_compile_op_directly_fullgraph(case):
-    check_case(case, entry="op")
+@pytest.mark.parametrize("config", [Config(shape="1d", mode="sum", psw=True, padding_idx=1),
+                                  Config(shape="2d", mode="mean", max_norm=1.5)], ids=str)
+def test_compile_op_directly_fullgraph(config):
+    check_case(config, entry="op")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,20 +202,20 @@ def test_compile_op_directly_fullgraph(case):
 
 
 DYNAMIC_CASES = [
-    Case(shape="1d", mode="sum", psw=True, index_dtype=torch.int32),
-    Case(shape="2d", mode="mean", padding_idx=0),
-    Case(shape="1d", mode="max", padding_idx=4, include_last_offset=True),
-    Case(shape="2d", mode="sum", max_norm=1.5),
+    Config(shape="1d", mode="sum", psw=True, index_dtype=torch.int32),
+    Config(shape="2d", mode="mean", padding_idx=0),
+    Config(shape="1d", mode="max", padding_idx=4, include_last_offset=True),
+    Config(shape="2d", mode="sum", max_norm=1.5),
 ]
 
 
-@pytest.mark.parametrize("case", DYNAMIC_CASES, ids=str)
-def test_compile_dynamic(case):
-    check_case(case, dynamic=True, sizes=DYNAMIC_SIZES)
+@pytest.mark.parametrize("config", DYNAMIC_CASES, ids=str)
+def test_compile_dynamic(config):
+    check_case(config, dynamic=True, sizes=DYNAMIC_SIZES)
 
 
 def test_compile_dynamic_op_directly():
-    check_case(Case(shape="1d", mode="mean", padding_idx=2), entry="op", dynamic=True,
+    check_case(Config(shape="1d", mode="mean", padding_idx=2), entry="op", dynamic=True,
                sizes=DYNAMIC_SIZES[:2])
 
 
@@ -221,15 +224,15 @@ def test_compile_dynamic_op_directly():
 
 
 def test_compile_inductor_mean_padding():
-    check_case(Case(shape="1d", mode="mean", padding_idx=3), backend="inductor")
+    check_case(Config(shape="1d", mode="mean", padding_idx=3), backend="inductor")
 
 
 def test_compile_inductor_max_2d():
-    check_case(Case(shape="2d", mode="max", padding_idx=2), backend="inductor")
+    check_case(Config(shape="2d", mode="max", padding_idx=2), backend="inductor")
 
 
 def test_compile_inductor_dynamic_psw_max_norm():
-    check_case(Case(shape="2d", mode="sum", psw=True, max_norm=1.5), backend="inductor",
+    check_case(Config(shape="2d", mode="sum", psw=True, max_norm=1.5), backend="inductor",
                dynamic=True, sizes=DYNAMIC_SIZES[:2])
 
 
@@ -239,11 +242,11 @@ def test_compile_inductor_dynamic_psw_max_norm():
 
 
 def test_compile_max_norm_mutates_weight_like_eager():
-    case = Case(shape="1d", mode="sum", max_norm=1.0)
-    inp, offsets, weight, _ = make_inputs(case)
+    config = Config(shape="1d", mode="sum", max_norm=1.0)
+    inp, offsets, weight, _ = make_inputs(config)
     w_ref = weight.clone()
     w = weight.clone()
-    compiled = torch.compile(functional_fn(case), backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(functional_fn(config), backend="aot_eager", fullgraph=True)
     for k in range(2):
         before = w.clone()
         ref = F.embedding_bag(inp, w_ref, offsets, mode="sum", max_norm=1.0)
@@ -263,10 +266,10 @@ def test_compile_max_norm_mutates_weight_like_eager():
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("case", [Case(shape="1d", mode="sum", psw=True, padding_idx=3),
-                                  Case(shape="2d", mode="mean")], ids=str)
-def test_compile_sparse_grad(case, dynamic):
-    opts = case.options()
+@pytest.mark.parametrize("config", [Config(shape="1d", mode="sum", psw=True, padding_idx=3),
+                                  Config(shape="2d", mode="mean")], ids=str)
+def test_compile_sparse_grad(config, dynamic):
+    opts = config.options()
 
     def fn(inp, w, offsets, psw):
         return mybag.embedding_bag(inp, w, offsets, per_sample_weights=psw, sparse=True, **opts)
@@ -276,7 +279,7 @@ def test_compile_sparse_grad(case, dynamic):
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=dynamic)
     for k, sizes in enumerate(DYNAMIC_SIZES[:2] if dynamic else DYNAMIC_SIZES[:1]):
-        inputs = make_inputs(case, *sizes, seed=k)
+        inputs = make_inputs(config, *sizes, seed=k)
         expected = run(ref_fn, *inputs)
         got = run(compiled, *inputs)
         assert got["weight_grad"].is_sparse
@@ -298,20 +301,20 @@ def _modules(mode="mean", **kwargs):
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("kwargs", [dict(mode="mean", padding_idx=1),
-                                    dict(mode="max", max_norm=1.5),
-                                    dict(mode="sum", include_last_offset=True)],
+@pytest.mark.parametrize("kwargs", [{"mode": "mean", "padding_idx": 1},
+                                    {"mode": "max", "max_norm": 1.5},
+                                    {"mode": "sum", "include_last_offset": True}],
                          ids=["mean-padding", "max-max_norm", "sum-include_last_offset-psw"])
 def test_compile_module(kwargs, dynamic):
     ref, mine = _modules(**kwargs)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(mine, backend=counter, fullgraph=True, dynamic=dynamic)
-    case = Case(shape="1d", psw=kwargs["mode"] == "sum",
+    config = Config(shape="1d", psw=kwargs["mode"] == "sum",
                 include_last_offset=kwargs.get("include_last_offset", False),
                 padding_idx=kwargs.get("padding_idx"))
     compiles_after_first = None
     for k, (num_bags, bag_len) in enumerate(DYNAMIC_SIZES[:2] if dynamic else [(3, 3)]):
-        inp, offsets, _, psw = make_inputs(case, num_bags, bag_len, seed=k)
+        inp, offsets, _, psw = make_inputs(config, num_bags, bag_len, seed=k)
         p_ref = None if psw is None else psw.clone().requires_grad_()
         p = None if psw is None else psw.clone().requires_grad_()
         expected = ref(inp, offsets, p_ref)
@@ -351,10 +354,34 @@ def test_compile_model_after_swap():
     model = mybag.swap_embedding_bags(model)
     assert isinstance(model.bag, mybag.EmbeddingBag)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    inp, offsets, _, _ = make_inputs(Case(shape="1d", padding_idx=0))
+    inp, offsets, _, _ = make_inputs(Config(shape="1d", padding_idx=0))
     for m, fn in [(ref, ref), (model, compiled)]:
         opt = torch.optim.SGD(m.parameters(), lr=0.5)
         fn(inp, offsets).square().sum().backward()
         opt.step()
     for (name, p_ref), (_, p) in zip(ref.named_parameters(), model.named_parameters()):
-        torch.testing.assert_close(p, p_ref, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p, p_ref, msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU
+
+
+@requires_cuda
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_on_cuda(dynamic):
+    torch._dynamo.reset()
+    case = make_case(mode="mean", padding_idx=2, device="cuda", dim=32, num_bags=8)
+    grad_output = random_grad((case.num_bags, 32), torch.float32, "cuda")
+
+    def f(w):
+        return mybag.embedding_bag(case.input, w, case.offsets, mode="mean", padding_idx=2)
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=dynamic)
+    w1 = case.weight.clone().requires_grad_(True)
+    w2 = case.weight.clone().requires_grad_(True)
+    out1, out2 = f(w1), compiled(w2)
+    out1.backward(grad_output)
+    out2.backward(grad_output)
+    assert torch.equal(out1, out2)
+    assert torch.equal(w1.grad, w2.grad)

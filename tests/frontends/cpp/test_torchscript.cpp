@@ -1,4 +1,4 @@
-// TorchScript models saved by Python (tests/cpp/make_scripted_model.py) load and run in a C++
+// TorchScript models saved by Python (tests/frontends/cpp/make_scripted_model.py) load and run in a C++
 // program with no Python (docs/spec.md §7): forward equals Python's, backward gives Python's
 // gradients, and K SGD steps in C++ give the weights K steps gave in Python.
 //

@@ -1,7 +1,7 @@
-"""Writes the TorchScript models and the expected values that tests/cpp/test_torchscript.cpp
+"""Writes the TorchScript models and the expected values that tests/frontends/cpp/test_torchscript.cpp
 checks from C++ with no Python (docs/spec.md §7).
 
-    python tests/cpp/make_scripted_model.py OUTDIR
+    python tests/frontends/cpp/make_scripted_model.py OUTDIR
 
 OUTDIR/model.pt         a scripted model: mybag.EmbeddingBag(mode="sum", padding_idx) + Linear
 OUTDIR/max_model.pt     a scripted model around mybag.EmbeddingBag(mode="max", include_last_offset)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import mybag
-from conftest import DEVICES, assert_close
+from conftest import assert_close
 
 SCALE = os.environ.get("MYBAG_SCALE") == "1"
 needs_scale = pytest.mark.skipif(not SCALE, reason="set MYBAG_SCALE=1: needs > 8 GiB resident "
@@ -66,7 +66,6 @@ def big_table(device, rows_to_fill, seed=0, rows=BIG_ROWS, dim=BIG_DIM, dtype=to
 HIGH_ROWS = [0, 1, 3_355_444, 2**22 - 2, 2**22 - 1, 2**21 + 17]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_table_over_2_31_elements_forward_and_sparse_backward(device, index_dtype):
     _device_ok(device, BIG_ROWS * BIG_DIM * 2)
@@ -132,7 +131,6 @@ def test_table_over_2_31_elements_forward_and_sparse_backward(device, index_dtyp
 
 
 @needs_scale
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["sum", "max"])
 def test_table_over_2_31_elements_dense_backward(device, mode):
     _device_ok(device, BIG_ROWS * BIG_DIM * 2 * 2)
@@ -168,7 +166,6 @@ def test_table_over_2_31_elements_dense_backward(device, mode):
     _free(device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_bag_of_a_million_entries(device, mode):
     n = 10**6
@@ -194,7 +191,6 @@ def test_bag_of_a_million_entries(device, mode):
         assert_close(w.grad, want, scale=100.0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", ["1d", "2d"])
 def test_a_million_bags(device, form):
     b = 10**6
@@ -222,7 +218,6 @@ def test_a_million_bags(device, form):
     _free(device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_int32_indices_at_their_limit(device):
     # 2**31 rows of one float16: 4 GiB of address space, a few pages resident.
     _device_ok(device, INT32_ROWS * 2)
@@ -258,7 +253,6 @@ def test_int32_indices_at_their_limit(device):
 
 
 @needs_scale
-@pytest.mark.parametrize("device", DEVICES)
 def test_int32_offsets_at_their_limit(device):
     # An input of 2**31 - 1 int32 entries (8 GiB) in bags whose offsets reach 2**31 - 1.
     n = 2**31 - 1

@@ -1,9 +1,10 @@
-"""CUDA-specific tests: the value-check switch (on every machine, GPU or not) and, on a GPU: CUDA against CPU, determinism, streams, torch.compile, CUDA
-graph capture, and bad input raising with the CUDA context surviving.
+"""What only CUDA has: the value-check switch (tested on every machine, GPU or not) and, on a
+GPU, determinism, hot rows against the CPU, bfloat16 max backward, side streams, CUDA graph
+capture, and out-of-range indices contained with the checks off.
 
-The device-parametrized suites (test_parity, test_gradients, test_errors, ...) run every
-parity case on CUDA too; this file covers what only CUDA has. test_opcheck.py checks, on every
-machine, that each op with a CPU kernel has a CUDA kernel.
+Everything else runs on CUDA through the ``device`` fixture in the operator's property files
+(tests/op/): parity (with CUDA against CPU), gradients, errors (CUDA errors read like the CPU's),
+... ; tests/op/test_opcheck.py checks that each op with a CPU kernel has a CUDA kernel.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import torch.nn.functional as F
 from conftest import (
     FLOAT_DTYPES,
     MODES,
-    Case,
     assert_close,
     make_case,
     random_grad,
@@ -65,62 +65,6 @@ def test_value_check_switch_is_scriptable():
 
 # ---------------------------------------------------------------------------------------------
 # On a GPU
-
-def _run(case, grad_output, sparse=False, scale_grad_by_freq=False):
-    """Forward and backward of mybag on a case; returns (output, weight grad (dense), psw grad)."""
-    weight = case.weight.detach().clone().requires_grad_(True)
-    psw = case.per_sample_weights
-    if psw is not None:
-        psw = psw.detach().clone().requires_grad_(True)
-    kwargs = case.kwargs()
-    kwargs["per_sample_weights"] = psw
-    out = mybag.embedding_bag(case.input, weight, case.offsets, sparse=sparse,
-                              scale_grad_by_freq=scale_grad_by_freq, **kwargs)
-    out.backward(grad_output)
-    grad = weight.grad.to_dense() if weight.grad.is_sparse else weight.grad
-    return out.detach(), grad, (psw.grad if psw is not None else None)
-
-
-def _to(case, device):
-    return Case(
-        input=case.input.to(device),
-        offsets=None if case.offsets is None else case.offsets.to(device),
-        weight=case.weight.to(device),
-        per_sample_weights=None if case.per_sample_weights is None
-        else case.per_sample_weights.to(device),
-        mode=case.mode, include_last_offset=case.include_last_offset,
-        padding_idx=case.padding_idx)
-
-
-def _options():
-    for mode in MODES:
-        for dtype in FLOAT_DTYPES:
-            for form in ["1d", "2d"]:
-                yield mode, dtype, form, False, False
-                if mode != "max":
-                    yield mode, dtype, form, True, False   # sparse
-                    yield mode, dtype, form, False, True   # scale_grad_by_freq
-                    if mode == "sum":
-                        yield mode, dtype, form, True, True
-
-
-@requires_cuda
-@pytest.mark.parametrize("mode,dtype,form,sparse,freq", list(_options()))
-@pytest.mark.parametrize("padding_idx", [None, 3])
-def test_cuda_matches_cpu(mode, dtype, form, sparse, freq, padding_idx):
-    case = make_case(mode=mode, form=form, dtype=dtype, padding_idx=padding_idx,
-                     psw=(mode == "sum"), num_embeddings=40, dim=45, num_bags=9, max_bag=50,
-                     empty_bags=True, seed=3)
-    grad_output = random_grad((case.num_bags, 45), dtype)
-    cpu = _run(case, grad_output, sparse, freq)
-    gpu = _run(_to(case, "cuda"), grad_output.cuda(), sparse, freq)
-    for mine, ref, what in zip(gpu, cpu, ["output", "weight grad", "psw grad"]):
-        if ref is None:
-            assert mine is None
-            continue
-        assert mine.device.type == "cuda"
-        assert_close(mine, ref, dtype=dtype, scale=2.0, msg=what)
-
 
 def _hot_row_case(mode, dtype, device, seed=0):
     """Zipf-like input: row 7 is a third of all entries (many chunks in the backward), other
@@ -214,26 +158,6 @@ def test_results_right_on_a_side_stream(mode):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_torch_compile_on_cuda(dynamic):
-    torch._dynamo.reset()
-    case = make_case(mode="mean", padding_idx=2, device="cuda", dim=32, num_bags=8)
-    grad_output = random_grad((case.num_bags, 32), torch.float32, "cuda")
-
-    def f(w):
-        return mybag.embedding_bag(case.input, w, case.offsets, mode="mean", padding_idx=2)
-
-    compiled = torch.compile(f, fullgraph=True, dynamic=dynamic)
-    w1 = case.weight.clone().requires_grad_(True)
-    w2 = case.weight.clone().requires_grad_(True)
-    out1, out2 = f(w1), compiled(w2)
-    out1.backward(grad_output)
-    out2.backward(grad_output)
-    assert torch.equal(out1, out2)
-    assert torch.equal(w1.grad, w2.grad)
-
-
-@requires_cuda
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_graph_capture_of_forward_with_checks_off(mode):
     input, offsets, weight, psw = _hot_row_case(mode, torch.float32, "cuda")
@@ -274,50 +198,6 @@ def test_capture_skips_the_checks_on_its_own():
     assert torch.equal(out, f())
 
 
-def _bad_calls(device):
-    w = torch.randn(10, 4, device=device)
-    i = lambda *v: torch.tensor(v, device=device)
-    return [
-        (lambda: mybag.embedding_bag(i(1, 10, 2), w, i(0, 1), mode="sum"), IndexError,
-         r"input\[1\] = 10 is out of range"),
-        (lambda: mybag.embedding_bag(i(1, -1, 2), w, i(0, 1), mode="max"), IndexError,
-         r"input\[1\] = -1"),
-        (lambda: mybag.embedding_bag(i([1, 2], [3, 99]), w, mode="mean"), IndexError,
-         r"input\[3\] = 99"),
-        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(1, 2), mode="sum"), RuntimeError,
-         r"offsets\[0\] has to be 0"),
-        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(0, 2, 1), mode="sum"), RuntimeError,
-         r"non-decreasing, but got offsets\[2\] = 1"),
-        (lambda: mybag.embedding_bag(i(1, 2, 3), w, i(0, 4), mode="sum"), RuntimeError,
-         r"offsets\[1\] = 4 is past the end"),
-        (lambda: mybag.embedding_bag(i(1, 12, 3), w, i(0, 2), mode="sum", max_norm=1.0),
-         IndexError, r"input\[1\] = 12"),
-    ]
-
-
-@requires_cuda
-@pytest.mark.parametrize("which", range(7))
-def test_bad_input_raises_and_the_context_survives(which):
-    call, error, pattern = _bad_calls("cuda")[which]
-    with pytest.raises(error, match=pattern):
-        call()
-    torch.cuda.synchronize()  # a device-side assert would surface here
-    case = make_case(mode="sum", device="cuda")
-    out = mybag.embedding_bag(case.input, case.weight, case.offsets, mode="sum")
-    expected = F.embedding_bag(case.input, case.weight, case.offsets, mode="sum")
-    torch.testing.assert_close(out, expected)
-
-
-@requires_cuda
-def test_failed_max_norm_call_leaves_weight_untouched_on_cuda():
-    w = (torch.randn(10, 4) * 10).cuda()
-    before = w.clone()
-    with pytest.raises(IndexError):
-        mybag.embedding_bag(torch.tensor([1, 2, 10]).cuda(), w, torch.tensor([0]).cuda(),
-                            max_norm=1.0)
-    assert torch.equal(w, before)
-
-
 @requires_cuda
 @pytest.mark.parametrize("mode", MODES)
 def test_checks_off_contains_bad_indices(mode):
@@ -344,15 +224,3 @@ def test_checks_off_contains_bad_indices(mode):
         bad_offsets = torch.tensor([0, 9, 1], device="cuda")
         mybag.embedding_bag(input.clamp(0, 9), weight, bad_offsets, mode=mode)
         torch.cuda.synchronize()
-
-
-@requires_cuda
-def test_cuda_and_cpu_errors_read_the_same():
-    for cpu_call, gpu_call in zip(_bad_calls("cpu"), _bad_calls("cuda")):
-        messages = []
-        for call, error, _ in (cpu_call, gpu_call):
-            with pytest.raises(error) as info:
-                call()
-            messages.append(str(info.value).splitlines()[0])
-        assert messages[0] == messages[1]
-

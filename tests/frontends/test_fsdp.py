@@ -4,18 +4,10 @@ for torch's module either). The helpers are in distributed_training.py."""
 
 import os
 
+import distributed_training as training
 import pytest
 import torch
 import torch.distributed as dist
-from distributed_training import (
-    BAGS_PER_STEP,
-    WORLD_SIZE,
-    assert_trained_like_one_process,
-    init_process_group,
-    new_model,
-    run_on_ranks,
-    train,
-)
 
 CONFIGS = [("sum", False, None), ("mean", False, 0), ("max", False, None)]
 
@@ -23,13 +15,13 @@ CONFIGS = [("sum", False, None), ("mean", False, 0), ("max", False, None)]
 def worker(rank, port, out_dir):
     from torch.distributed.fsdp import fully_shard
 
-    init_process_group(rank, port)
+    training.init_process_group(rank, port)
     try:
         for index, config in enumerate(CONFIGS):
-            model = new_model(config)
+            model = training.new_model(config)
             fully_shard(model.bag)  # the table is its own FSDP unit, as for torch's module
             fully_shard(model)
-            train(model, list(range(rank, BAGS_PER_STEP, WORLD_SIZE)), model.parameters())
+            training.train(model, training.bags_of_rank(rank), model.parameters())
             # full_tensor() is a collective: every rank gathers, rank 0 saves.
             state = {name: value.full_tensor() for name, value in model.state_dict().items()}
             if rank == 0:
@@ -40,5 +32,5 @@ def worker(rank, port, out_dir):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_fsdp_training_equals_one_process_on_the_global_batch(tmp_path):
-    run_on_ranks(worker, tmp_path, "FSDP")
-    assert_trained_like_one_process(CONFIGS, tmp_path)
+    training.run_on_ranks(worker, tmp_path, "FSDP")
+    training.assert_trained_like_one_process(CONFIGS, tmp_path)
