@@ -2,9 +2,9 @@
 //
 // The library is compiled for baseline x86-64 (SSE2), so that it loads on any x86-64 CPU: the AVX2
 // kernels live in simd_avx2.cpp as functions compiled for AVX2 and F16C through GCC's target
-// attribute, and run only when the CPU (and the OS) support them, which is checked once per
-// process. Callers ask first whether a kernel applies (not on another CPU or architecture, nor
-// for strided rows), and run their portable loops otherwise.
+// attribute, and run only when cpu_isa() (isa.h) allows. Callers ask first whether a kernel
+// applies (not on another CPU or architecture, nor for strided rows), and run their portable
+// loops otherwise.
 //
 // The kernels add in the same order as the portable loops (entry order, per feature) with the
 // same operations (a plain add, or for per_sample_weights one fused multiply-add, as FBGEMM's
@@ -17,21 +17,12 @@
 #include <cstdint>
 
 #include "mybag/cpu/forward_args.h"
+#include "mybag/cpu/isa.h"
 
 namespace mybag::cpu {
 
-// MYBAG_CPU_SIMD in the environment picks the kernels (read once per process):
-//   unset (or any other value)  the best this CPU supports: AVX-512, else AVX2, else portable;
-//   "avx2"                      the AVX2 kernels even where AVX-512 is there (to test them);
-//   "0"                         the portable loops only (to compare with, or to rule SIMD out).
 // The AVX-512 kernels (simd_avx512.cpp) cover the sum and mean forward; the rest stays AVX2.
-
-// Whether the AVX2 kernels run on this CPU (and MYBAG_CPU_SIMD is not "0").
-bool use_avx2();
-
-// Whether the AVX-512 kernels run: AVX2 in use, AVX-512F/BW/VL on this CPU, and MYBAG_CPU_SIMD
-// is not "avx2".
-bool use_avx512();
+// Which run is decided once, in isa.h.
 
 // Whether the forward kernels below apply: AVX2 on this CPU and contiguous rows (and, in max
 // mode, bags short enough for an int32 position).
@@ -44,7 +35,7 @@ bool avx2_forward_applies(int64_t col_stride, int64_t num_indices, bool max_mode
 template <typename scalar_t, typename index_t>
 bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
                    int64_t last);
-// sum_bags_avx2 with AVX-512 (which sum_bags_avx2 calls when use_avx512()).
+// sum_bags_avx2 with AVX-512 (which sum_bags_avx2 calls when cpu_isa() is Avx512).
 template <typename scalar_t, typename index_t>
 bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
                      int64_t last);

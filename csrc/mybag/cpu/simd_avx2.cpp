@@ -15,8 +15,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -31,30 +29,11 @@
 
 namespace mybag::cpu {
 
-bool use_avx2() {
-#if MYBAG_AVX2_KERNELS
-  static const bool enabled = [] {
-    const char* setting = std::getenv("MYBAG_CPU_SIMD");
-    if (setting != nullptr && std::strcmp(setting, "0") == 0) {
-      return false;
-    }
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
-           __builtin_cpu_supports("fma");
-  }();
-  return enabled;
-#else
-  return false;
-#endif
-}
-
 #if MYBAG_AVX2_KERNELS
 
-// FMA is in the target for the weighted sum's explicit fmadd (one rounding, as the portable
-// loops' std::fma). Contraction is off (the pragma at the top): a multiply and an add written
-// apart stay apart, so no other sum changes bits behind our back.
-#define MYBAG_AVX2 __attribute__((target("avx2,f16c,fma")))
-#define MYBAG_AVX2_INLINE __attribute__((target("avx2,f16c,fma"), always_inline)) inline
+// MYBAG_AVX2 (isa.h) has FMA for the weighted sum's explicit fmadd (one rounding, as the
+// portable loops' std::fma). Contraction is off (the pragma at the top): a multiply and an add
+// written apart stay apart, so no other sum changes bits behind our back.
 
 namespace {
 
@@ -539,7 +518,7 @@ bool avx2_forward_applies(int64_t col_stride, int64_t num_indices, bool max_mode
 template <typename scalar_t, typename index_t>
 bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
                    int64_t last) {
-  if (use_avx512()) return sum_bags_avx512(a, mean, first, last);
+  if (cpu_isa() == CpuIsa::Avx512) return sum_bags_avx512(a, mean, first, last);
   return sum_bags(a, mean, first, last);
 }
 

@@ -27,8 +27,6 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -42,27 +40,7 @@
 
 namespace mybag::cpu {
 
-bool use_avx512() {
 #if MYBAG_AVX512_KERNELS
-  static const bool enabled = [] {
-    if (!use_avx2()) return false;  // MYBAG_CPU_SIMD=0, or no AVX2
-    const char* setting = std::getenv("MYBAG_CPU_SIMD");
-    if (setting != nullptr && std::strcmp(setting, "avx2") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
-  }();
-  return enabled;
-#else
-  return false;
-#endif
-}
-
-#if MYBAG_AVX512_KERNELS
-
-#define MYBAG_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx2,f16c,fma"
-#define MYBAG_AVX512 __attribute__((target(MYBAG_AVX512_TARGET)))
-#define MYBAG_AVX512_INLINE __attribute__((target(MYBAG_AVX512_TARGET), always_inline)) inline
 
 namespace {
 
