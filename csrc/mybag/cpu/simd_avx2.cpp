@@ -23,6 +23,7 @@
 #include <immintrin.h>
 
 #include "mybag/cpu/bag_range.h"
+#include "mybag/cpu/bfloat16_rounding.h"
 #else
 #define MYBAG_AVX2_KERNELS 0
 #endif
@@ -119,15 +120,12 @@ struct Lanes<c10::BFloat16> : SixteenBitLanes<c10::BFloat16, Lanes<c10::BFloat16
   static MYBAG_AVX2_INLINE vec load(const c10::BFloat16* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits(p)), 16));
   }
-  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, lane by lane (the bits
-  // in the low half of each 32-bit lane).
+  // Round to nearest even, NaN to 0x7FC0 (bfloat16_rounding.h); the bits in the low half of
+  // each 32-bit lane.
   static MYBAG_AVX2_INLINE __m256i round_bits(vec v) {
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i rounded = _mm256_srli_epi32(
-        _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+    U32x8 rounded;
+    round_to_bfloat16(v, rounded);
+    return reinterpret_cast<__m256i>(rounded);
   }
   static MYBAG_AVX2_INLINE void store(c10::BFloat16* p, vec v) {
     const __m256i rounded = round_bits(v);

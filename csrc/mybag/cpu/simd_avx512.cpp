@@ -34,6 +34,7 @@
 #include <immintrin.h>
 
 #include "mybag/cpu/bag_range.h"
+#include "mybag/cpu/bfloat16_rounding.h"
 #else
 #define MYBAG_AVX512_KERNELS 0
 #endif
@@ -58,9 +59,6 @@ struct FloatLanes {
   static MYBAG_AVX512_INLINE vec set1(float x) { return _mm512_set1_ps(x); }
   static MYBAG_AVX512_INLINE vec add(vec a, vec b) {
     return _mm512_add_ps(a, b);
-  }
-  static MYBAG_AVX512_INLINE vec mul(vec a, vec b) {
-    return _mm512_mul_ps(a, b);
   }
   // a * b + c, rounded once.
   static MYBAG_AVX512_INLINE vec fmadd(vec a, vec b, vec c) {
@@ -102,15 +100,11 @@ struct Lanes<c10::BFloat16> : FloatLanes {
   static MYBAG_AVX512_INLINE vec load(const c10::BFloat16* p, mask_t m) {
     return widen(_mm256_maskz_loadu_epi16(m, p));
   }
-  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, as the AVX2 kernel.
+  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion (bfloat16_rounding.h).
   static MYBAG_AVX512_INLINE __m256i narrow(vec v) {
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(
-        _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    const __m512i bits = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
-    return _mm512_cvtepi32_epi16(bits);
+    U32x16 rounded;
+    round_to_bfloat16(v, rounded);
+    return _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(rounded));
   }
   static MYBAG_AVX512_INLINE void store(c10::BFloat16* p, vec v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v));
@@ -155,9 +149,6 @@ struct Lanes<double> {
   static MYBAG_AVX512_INLINE vec set1(double x) { return _mm512_set1_pd(x); }
   static MYBAG_AVX512_INLINE vec add(vec a, vec b) {
     return _mm512_add_pd(a, b);
-  }
-  static MYBAG_AVX512_INLINE vec mul(vec a, vec b) {
-    return _mm512_mul_pd(a, b);
   }
   static MYBAG_AVX512_INLINE vec fmadd(vec a, vec b, vec c) {
     return _mm512_fmadd_pd(a, b, c);
