@@ -19,10 +19,11 @@
 #include "mybag/checks.h"
 #include "mybag/kernel_inputs.h"
 #include "mybag/reductions.h"
+#include "mybag/cpu/backward_avx2.h"
+#include "mybag/cpu/isa.h"
 #include "mybag/cpu/layout.h"
 #include "mybag/cpu/value_checks.h"
 #include "mybag/cpu/rows.h"
-#include "mybag/cpu/simd.h"
 
 namespace mybag::cpu {
 namespace {

@@ -1,4 +1,4 @@
-// Run-time dispatched SIMD kernels for the CPU forward and backward.
+// Run-time dispatched SIMD kernels for the CPU forward.
 //
 // The library is compiled for baseline x86-64 (SSE2), so that it loads on any x86-64 CPU: the AVX2
 // kernels live in simd_avx2.cpp as functions compiled for AVX2 and F16C through GCC's target
@@ -41,14 +41,5 @@ bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t
                      int64_t last);
 template <typename scalar_t, typename index_t>
 bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t last);
-
-// Number of indices outside [0, num_weights), or -1 when there is no AVX2 on this CPU.
-template <typename index_t>
-int64_t count_out_of_range_avx2(const index_t* indices, int64_t n, int64_t num_weights);
-
-// out[d] = scalar_t(scale * acc_t(in[d])) for d < dim, both rows contiguous; false (having
-// done nothing) without AVX2.
-template <typename scalar_t, typename acc_t>
-bool scale_row_avx2(scalar_t* out, const scalar_t* in, acc_t scale, int64_t dim);
 
 }  // namespace mybag::cpu

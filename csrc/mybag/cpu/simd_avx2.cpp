@@ -23,7 +23,7 @@
 #include <immintrin.h>
 
 #include "mybag/cpu/bag_range.h"
-#include "mybag/cpu/bfloat16_rounding.h"
+#include "mybag/cpu/lanes_avx2.h"
 #else
 #define MYBAG_AVX2_KERNELS 0
 #endif
@@ -38,175 +38,7 @@ namespace mybag::cpu {
 
 namespace {
 
-// Lanes<scalar_t>: how scalar_t elements load into, and store from, a vector of their
-// accumulation type (float for float, half and bfloat16; double for double), and the lane
-// operations the kernels need. load_part/store_part touch only the first n < width elements.
-
-MYBAG_AVX2_INLINE __m256i first_lanes_mask32(int n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-template <typename scalar_t>
-struct Lanes;
-
-struct FloatLanes {
-  using acc_t = float;
-  using vec = __m256;
-  using pos_vec = __m256i;  // a winner's position in its bag, one int32 per lane
-  using pos_t = int32_t;
-  static constexpr int kWidth = 8;
-
-  static MYBAG_AVX2_INLINE vec zero() { return _mm256_setzero_ps(); }
-  static MYBAG_AVX2_INLINE vec set1(float x) { return _mm256_set1_ps(x); }
-  static MYBAG_AVX2_INLINE vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
-  static MYBAG_AVX2_INLINE vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
-  // a * b + c, rounded once.
-  static MYBAG_AVX2_INLINE vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-  static MYBAG_AVX2_INLINE vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
-  // Lanes where max mode's scalar rule `!isnan(best) && (v > best || isnan(v))` holds.
-  static MYBAG_AVX2_INLINE vec takes(vec v, vec best) {
-    const vec better =
-        _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    return _mm256_andnot_ps(_mm256_cmp_ps(best, best, _CMP_UNORD_Q), better);
-  }
-  static MYBAG_AVX2_INLINE vec blend(vec old_value, vec new_value, vec mask) {
-    return _mm256_blendv_ps(old_value, new_value, mask);
-  }
-  static MYBAG_AVX2_INLINE pos_vec set1_pos(int64_t p) {
-    return _mm256_set1_epi32(static_cast<int32_t>(p));
-  }
-  static MYBAG_AVX2_INLINE pos_vec blend_pos(pos_vec old_pos, pos_vec new_pos, vec mask) {
-    return _mm256_castps_si256(
-        _mm256_blendv_ps(_mm256_castsi256_ps(old_pos), _mm256_castsi256_ps(new_pos), mask));
-  }
-  static MYBAG_AVX2_INLINE void store_pos(pos_t* out, pos_vec p) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), p);
-  }
-};
-
-template <>
-struct Lanes<float> : FloatLanes {
-  static MYBAG_AVX2_INLINE vec load(const float* p) { return _mm256_loadu_ps(p); }
-  static MYBAG_AVX2_INLINE vec load_part(const float* p, int n) {
-    return _mm256_maskload_ps(p, first_lanes_mask32(n));
-  }
-  static MYBAG_AVX2_INLINE void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
-  static MYBAG_AVX2_INLINE void store_part(float* p, int n, vec v) {
-    _mm256_maskstore_ps(p, first_lanes_mask32(n), v);
-  }
-};
-
-// Half and bfloat16 rows have no masked 16-bit load in AVX2: their partial vectors go through
-// a small zeroed buffer.
-template <typename scalar_t, typename Self>
-struct SixteenBitLanes : FloatLanes {
-  static MYBAG_AVX2_INLINE __m128i bits(const scalar_t* p) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  }
-  static MYBAG_AVX2_INLINE vec load_part(const scalar_t* p, int n) {
-    alignas(16) scalar_t buffer[8] = {};
-    for (int j = 0; j < n; ++j) buffer[j] = p[j];
-    return Self::load(buffer);
-  }
-  static MYBAG_AVX2_INLINE void store_part(scalar_t* p, int n, vec v) {
-    alignas(16) scalar_t buffer[8];
-    Self::store(buffer, v);
-    for (int j = 0; j < n; ++j) p[j] = buffer[j];
-  }
-};
-
-template <>
-struct Lanes<c10::BFloat16> : SixteenBitLanes<c10::BFloat16, Lanes<c10::BFloat16>> {
-  static MYBAG_AVX2_INLINE vec load(const c10::BFloat16* p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits(p)), 16));
-  }
-  // Round to nearest even, NaN to 0x7FC0 (bfloat16_rounding.h); the bits in the low half of
-  // each 32-bit lane.
-  static MYBAG_AVX2_INLINE __m256i round_bits(vec v) {
-    U32x8 rounded;
-    round_to_bfloat16(v, rounded);
-    return reinterpret_cast<__m256i>(rounded);
-  }
-  static MYBAG_AVX2_INLINE void store(c10::BFloat16* p, vec v) {
-    const __m256i rounded = round_bits(v);
-    // Every lane is below 2^16 now: the saturating pack is exact.
-    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(rounded),
-                                            _mm256_extracti128_si256(rounded, 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-  }
-  // 16 bfloat16 as two float vectors from one load: the even elements (low halves of the 32-bit
-  // lanes, shifted up) and the odd ones (high halves, masked). Half the loads and conversions of
-  // load() twice; sum_tile keeps such a pair of accumulators in that order.
-  static MYBAG_AVX2_INLINE __m256i pair_bits(const c10::BFloat16* p) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  }
-  static MYBAG_AVX2_INLINE vec even(__m256i bits) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
-  }
-  static MYBAG_AVX2_INLINE vec odd(__m256i bits) {
-    const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-    return _mm256_castsi256_ps(_mm256_and_si256(bits, high));
-  }
-  static MYBAG_AVX2_INLINE void store_pair(c10::BFloat16* p, vec even_values, vec odd_values) {
-    const __m256i bits = _mm256_or_si256(round_bits(even_values),
-                                         _mm256_slli_epi32(round_bits(odd_values), 16));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bits);
-  }
-};
-
-template <>
-struct Lanes<c10::Half> : SixteenBitLanes<c10::Half, Lanes<c10::Half>> {
-  static MYBAG_AVX2_INLINE vec load(const c10::Half* p) { return _mm256_cvtph_ps(bits(p)); }
-  // Round to nearest even, as c10::Half (and torch's own vectorized conversion).
-  static MYBAG_AVX2_INLINE void store(c10::Half* p, vec v) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                     _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-};
-
-MYBAG_AVX2_INLINE __m256i first_lanes_mask64(int n) {
-  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
-}
-
-template <>
-struct Lanes<double> {
-  using acc_t = double;
-  using vec = __m256d;
-  using pos_vec = __m256i;  // int64 per lane
-  using pos_t = int64_t;
-  static constexpr int kWidth = 4;
-
-  static MYBAG_AVX2_INLINE vec zero() { return _mm256_setzero_pd(); }
-  static MYBAG_AVX2_INLINE vec set1(double x) { return _mm256_set1_pd(x); }
-  static MYBAG_AVX2_INLINE vec add(vec a, vec b) { return _mm256_add_pd(a, b); }
-  static MYBAG_AVX2_INLINE vec mul(vec a, vec b) { return _mm256_mul_pd(a, b); }
-  static MYBAG_AVX2_INLINE vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_pd(a, b, c); }
-  static MYBAG_AVX2_INLINE vec div(vec a, vec b) { return _mm256_div_pd(a, b); }
-  static MYBAG_AVX2_INLINE vec takes(vec v, vec best) {
-    const vec better =
-        _mm256_or_pd(_mm256_cmp_pd(v, best, _CMP_GT_OQ), _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
-    return _mm256_andnot_pd(_mm256_cmp_pd(best, best, _CMP_UNORD_Q), better);
-  }
-  static MYBAG_AVX2_INLINE vec blend(vec old_value, vec new_value, vec mask) {
-    return _mm256_blendv_pd(old_value, new_value, mask);
-  }
-  static MYBAG_AVX2_INLINE pos_vec set1_pos(int64_t p) { return _mm256_set1_epi64x(p); }
-  static MYBAG_AVX2_INLINE pos_vec blend_pos(pos_vec old_pos, pos_vec new_pos, vec mask) {
-    return _mm256_castpd_si256(
-        _mm256_blendv_pd(_mm256_castsi256_pd(old_pos), _mm256_castsi256_pd(new_pos), mask));
-  }
-  static MYBAG_AVX2_INLINE void store_pos(pos_t* out, pos_vec p) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), p);
-  }
-  static MYBAG_AVX2_INLINE vec load(const double* p) { return _mm256_loadu_pd(p); }
-  static MYBAG_AVX2_INLINE vec load_part(const double* p, int n) {
-    return _mm256_maskload_pd(p, first_lanes_mask64(n));
-  }
-  static MYBAG_AVX2_INLINE void store(double* p, vec v) { _mm256_storeu_pd(p, v); }
-  static MYBAG_AVX2_INLINE void store_part(double* p, int n, vec v) {
-    _mm256_maskstore_pd(p, first_lanes_mask64(n), v);
-  }
-};
+using avx2::Lanes;
 
 // Vectors per column tile: the sum tile's accumulators (plus a partial one) and the max tile's
 // values and winners (twice as many registers) stay within AVX2's 16.
@@ -449,62 +281,6 @@ MYBAG_AVX2 bool max_bags(const ForwardArgs<scalar_t, index_t>& a, int64_t first,
   return true;
 }
 
-// Out-of-range indices, counted 4 (int64) or 8 (int32) at a time: below 0 or above max.
-MYBAG_AVX2 int64_t count_out_of_range(const int64_t* indices, int64_t n, int64_t num_weights) {
-  const __m256i max = _mm256_set1_epi64x(num_weights - 1);
-  const __m256i zero = _mm256_setzero_si256();
-  __m256i bad = zero;  // -1 per bad lane, summed
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + i));
-    const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi64(v, max), _mm256_cmpgt_epi64(zero, v));
-    bad = _mm256_sub_epi64(bad, out);
-  }
-  alignas(32) int64_t lanes[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bad);
-  int64_t count = lanes[0] + lanes[1] + lanes[2] + lanes[3];
-  for (; i < n; ++i) count += indices[i] < 0 || indices[i] >= num_weights;
-  return count;
-}
-
-MYBAG_AVX2 int64_t count_out_of_range(const int32_t* indices, int64_t n, int64_t num_weights) {
-  if (num_weights > std::numeric_limits<int32_t>::max()) {  // only negatives are out of range
-    num_weights = int64_t{std::numeric_limits<int32_t>::max()} + 1;
-  }
-  const __m256i max = _mm256_set1_epi32(static_cast<int32_t>(num_weights - 1));
-  const __m256i zero = _mm256_setzero_si256();
-  int64_t count = 0;
-  int64_t i = 0;
-  while (i + 8 <= n) {
-    // Per-lane int32 counters, emptied before they could overflow.
-    __m256i bad = zero;
-    const int64_t stop = std::min<int64_t>(n - 7, i + (int64_t{1} << 30));
-    for (; i < stop; i += 8) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + i));
-      const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(v, max), _mm256_cmpgt_epi32(zero, v));
-      bad = _mm256_sub_epi32(bad, out);
-    }
-    alignas(32) int32_t lanes[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bad);
-    for (int j = 0; j < 8; ++j) count += lanes[j];
-  }
-  for (; i < n; ++i) count += indices[i] < 0 || indices[i] >= num_weights;
-  return count;
-}
-
-template <typename scalar_t, typename acc_t>
-MYBAG_AVX2 void scale_row(scalar_t* out, const scalar_t* in, acc_t scale, int64_t dim) {
-  using L = Lanes<scalar_t>;
-  constexpr int W = L::kWidth;
-  const auto s = L::set1(scale);
-  int64_t d = 0;
-  for (; d + W <= dim; d += W) L::store(out + d, L::mul(s, L::load(in + d)));
-  if (d < dim) {
-    const int n = static_cast<int>(dim - d);
-    L::store_part(out + d, n, L::mul(s, L::load_part(in + d, n)));
-  }
-}
-
 }  // namespace
 
 bool avx2_forward_applies(int64_t col_stride, int64_t num_indices, bool max_mode) {
@@ -525,18 +301,6 @@ bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64
   return max_bags(a, first, last);
 }
 
-template <typename index_t>
-int64_t count_out_of_range_avx2(const index_t* indices, int64_t n, int64_t num_weights) {
-  return use_avx2() ? count_out_of_range(indices, n, num_weights) : -1;
-}
-
-template <typename scalar_t, typename acc_t>
-bool scale_row_avx2(scalar_t* out, const scalar_t* in, acc_t scale, int64_t dim) {
-  if (!use_avx2()) return false;
-  scale_row(out, in, scale, dim);
-  return true;
-}
-
 #else  // no AVX2 kernels on this architecture
 
 bool avx2_forward_applies(int64_t, int64_t, bool) { return false; }
@@ -553,31 +317,18 @@ bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>&, int64_t, int64_t) {
   return false;
 }
 
-template <typename index_t>
-int64_t count_out_of_range_avx2(const index_t*, int64_t, int64_t) {
-  return -1;
-}
-
-template <typename scalar_t, typename acc_t>
-bool scale_row_avx2(scalar_t*, const scalar_t*, acc_t, int64_t) {
-  return false;
-}
-
 #endif
 
 #define MYBAG_INSTANTIATE_FORWARD(scalar_t, index_t)                                      \
   template bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>&, bool, int64_t, int64_t); \
   template bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>&, int64_t, int64_t);
-#define MYBAG_INSTANTIATE(scalar_t, acc_t)                                            \
-  MYBAG_INSTANTIATE_FORWARD(scalar_t, int32_t)                                        \
-  MYBAG_INSTANTIATE_FORWARD(scalar_t, int64_t)                                        \
-  template bool scale_row_avx2(scalar_t*, const scalar_t*, acc_t, int64_t);
+#define MYBAG_INSTANTIATE(scalar_t)          \
+  MYBAG_INSTANTIATE_FORWARD(scalar_t, int32_t) \
+  MYBAG_INSTANTIATE_FORWARD(scalar_t, int64_t)
 
-template int64_t count_out_of_range_avx2(const int32_t*, int64_t, int64_t);
-template int64_t count_out_of_range_avx2(const int64_t*, int64_t, int64_t);
-MYBAG_INSTANTIATE(float, float)
-MYBAG_INSTANTIATE(double, double)
-MYBAG_INSTANTIATE(c10::Half, float)
-MYBAG_INSTANTIATE(c10::BFloat16, float)
+MYBAG_INSTANTIATE(float)
+MYBAG_INSTANTIATE(double)
+MYBAG_INSTANTIATE(c10::Half)
+MYBAG_INSTANTIATE(c10::BFloat16)
 
 }  // namespace mybag::cpu
