@@ -1,7 +1,7 @@
 // The CPU backward's AVX2 kernel, compiled for AVX2, F16C and FMA (MYBAG_AVX2, isa.h); the file
 // as a whole stays baseline.
 // A multiply and a store: nothing to contract, but lanes_avx2.h is read under the same options
-// as in simd_avx2.cpp.
+// as in forward_avx2.cpp.
 #pragma GCC optimize("fp-contract=off")
 
 #include "mybag/cpu/backward_avx2.h"

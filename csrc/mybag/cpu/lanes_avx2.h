@@ -1,6 +1,6 @@
 // Lanes<scalar_t> for AVX2: how scalar_t elements load into, and store from, a vector of their
 // accumulation type (float for float, half and bfloat16; double for double), and the lane
-// operations the AVX2 kernels need (simd_avx2.cpp, backward_avx2.cpp). load_part/store_part
+// operations the AVX2 kernels need (forward_avx2.cpp, backward_avx2.cpp). load_part/store_part
 // touch only the first n < width elements.
 //
 // Every function here is compiled for AVX2 (MYBAG_AVX2_INLINE) and always inlined; include this

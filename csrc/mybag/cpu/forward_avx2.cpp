@@ -1,41 +1,30 @@
-// AVX2 (and F16C) kernels (see simd.h). Only the functions marked MYBAG_AVX2(_INLINE) are
-// compiled for AVX2; the file as a whole, and every header it includes, stays baseline, so no
-// AVX2 code can leak into a shared inline function.
+// The AVX2 forward kernels (sum, mean and max; forward_kernels.h), compiled for AVX2, F16C and
+// FMA (MYBAG_AVX2, isa.h); the file as a whole stays baseline.
 //
-// Forward design: a bag's accumulator stays in registers. The columns are cut into tiles of up
-// to kSumTile vectors (64 floats, 32 doubles); each tile walks the bag's entries once, adding
-// rows straight from the table, and is stored once at the end, converted to weight's dtype. The
-// last tile carries the row's remainder (dim % lanes) as one partial vector. Each tile
-// prefetches its own columns of the row a few entries ahead, and checks each index it reads.
-// GCC's intrinsics are plain vector operators, which it would contract into FMAs.
+// Design: a bag's accumulator stays in registers. The columns are cut into tiles of up to
+// kSumTile vectors (64 floats, 32 doubles); each tile walks the bag's entries once, adding rows
+// straight from the table, and is stored once at the end, converted to weight's dtype. The last
+// tile carries the row's remainder (dim % lanes) as one partial vector. Each tile prefetches its
+// own columns of the row a few entries ahead (bag_range.h), and checks each index it reads.
+//
+// Same bits as the portable loops: entry order, per column; a plain sum adds, a weighted sum does
+// one fused multiply-add per element. GCC's intrinsics are plain vector operators, which it would
+// contract into FMAs: contraction is off, and the only FMAs are the explicit fmadd calls.
 #pragma GCC optimize("fp-contract=off")
 
-#include "mybag/cpu/simd.h"
+#include "mybag/cpu/forward_kernels.h"
 
-#include <c10/util/Exception.h>
+#if MYBAG_X86_SIMD
 
-#include <algorithm>
-#include <limits>
-#include <type_traits>
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MYBAG_AVX2_KERNELS 1
 #include <immintrin.h>
+
+#include <cstdint>
+#include <type_traits>
 
 #include "mybag/cpu/bag_range.h"
 #include "mybag/cpu/lanes_avx2.h"
-#else
-#define MYBAG_AVX2_KERNELS 0
-#endif
 
 namespace mybag::cpu {
-
-#if MYBAG_AVX2_KERNELS
-
-// MYBAG_AVX2 (isa.h) has FMA for the weighted sum's explicit fmadd (one rounding, as the
-// portable loops' std::fma). Contraction is off (the pragma at the top): a multiply and an add
-// written apart stay apart, so no other sum changes bits behind our back.
-
 namespace {
 
 using avx2::Lanes;
@@ -127,7 +116,7 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t co
   return true;
 }
 
-// One column tile of one bag in max mode; the rule of max_reduce in forward.cpp, lane by lane.
+// One column tile of one bag in max mode; the rule of max_bags_portable, lane by lane.
 template <int NV, bool Part, typename scalar_t, typename index_t>
 MYBAG_AVX2_INLINE bool max_tile(const BagRange<scalar_t, index_t>& r, int64_t col, int part,
                                 scalar_t* out, int64_t* out_winner) {
@@ -283,52 +272,23 @@ MYBAG_AVX2 bool max_bags(const ForwardArgs<scalar_t, index_t>& a, int64_t first,
 
 }  // namespace
 
-bool avx2_forward_applies(int64_t col_stride, int64_t num_indices, bool max_mode) {
-  // Max mode keeps a winner's position in its bag in an int32 lane for float-wide types.
-  return use_avx2() && col_stride == 1 &&
-         (!max_mode || num_indices <= std::numeric_limits<int32_t>::max());
-}
-
 template <typename scalar_t, typename index_t>
-bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, Mode mode, int64_t first,
                    int64_t last) {
-  if (cpu_isa() == CpuIsa::Avx512) return sum_bags_avx512(a, mean, first, last);
-  return sum_bags(a, mean, first, last);
+  return sum_bags(a, mode == Mode::Mean, first, last);
 }
 
 template <typename scalar_t, typename index_t>
-bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, int64_t first, int64_t last) {
+bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>& a, Mode /*mode*/, int64_t first,
+                   int64_t last) {
   return max_bags(a, first, last);
 }
 
-#else  // no AVX2 kernels on this architecture
-
-bool avx2_forward_applies(int64_t, int64_t, bool) { return false; }
-
-template <typename scalar_t, typename index_t>
-bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>&, bool, int64_t, int64_t) {
-  TORCH_INTERNAL_ASSERT(false, "mybag: no AVX2 kernels in this build");
-  return false;
-}
-
-template <typename scalar_t, typename index_t>
-bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>&, int64_t, int64_t) {
-  TORCH_INTERNAL_ASSERT(false, "mybag: no AVX2 kernels in this build");
-  return false;
-}
-
-#endif
-
-#define MYBAG_INSTANTIATE_FORWARD(scalar_t, index_t)                                      \
-  template bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>&, bool, int64_t, int64_t); \
-  template bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>&, int64_t, int64_t);
-#define MYBAG_INSTANTIATE(scalar_t)          \
-  MYBAG_INSTANTIATE_FORWARD(scalar_t, int32_t) \
-  MYBAG_INSTANTIATE_FORWARD(scalar_t, int64_t)
-
-MYBAG_INSTANTIATE(float)
-MYBAG_INSTANTIATE(double)
-MYBAG_INSTANTIATE(c10::Half)
-MYBAG_INSTANTIATE(c10::BFloat16)
+#define MYBAG_INSTANTIATE(scalar_t, index_t)                                                     \
+  template bool sum_bags_avx2(const ForwardArgs<scalar_t, index_t>&, Mode, int64_t, int64_t); \
+  template bool max_bags_avx2(const ForwardArgs<scalar_t, index_t>&, Mode, int64_t, int64_t);
+MYBAG_FOR_FORWARD_TYPES(MYBAG_INSTANTIATE)
 
 }  // namespace mybag::cpu
+
+#endif  // MYBAG_X86_SIMD

@@ -1,9 +1,8 @@
-// AVX-512 kernels for the forward's sum and mean (see simd.h). Like simd_avx2.cpp, only the
-// functions marked MYBAG_AVX512(_INLINE) are compiled for AVX-512; the file as a whole, and every
-// header it includes, stays baseline.
+// The AVX-512 forward kernels, for sum and mean (forward_kernels.h; max runs the AVX2 kernel),
+// compiled for AVX-512F/BW/VL (MYBAG_AVX512, isa.h); the file as a whole stays baseline.
 //
 // Why: on a CPU with AVX-512, torch's sum (FBGEMM's JIT kernel) adds 16 floats per instruction,
-// and the AVX2 kernel, doing twice the instructions per row, was 0.7-0.95x of it.
+// and the AVX2 kernel, doing twice the instructions per row, falls behind it.
 //
 // Design: as the AVX2 sum tile. A bag's accumulators stay in zmm registers: the row is cut into
 // tiles of up to kSumTile vectors (256 floats, 128 doubles), each tile walks the bag's entries
@@ -11,38 +10,31 @@
 // (and masked store) whose mask covers the columns left (all of them when dim is a multiple of
 // the width), so a tile is specialized only on its number of vectors, and the shape of the last
 // tile is chosen once per call. Each tile prefetches its own columns of the row a few entries
-// ahead, one prefetch per 64-byte line, placed among the row's loads.
+// ahead (bag_range.h), one prefetch per 64-byte line, placed among the row's loads.
 //
 // Same bits as the portable loops and the AVX2 kernels: entry order, per column; a plain sum
 // adds, a weighted sum does one fused multiply-add per element (the portable loops' std::fma).
-// GCC's intrinsics are plain vector operators that it would otherwise contract on its own
-// (1216 vfmadd in this file without the pragma below): contraction is off, and the only FMAs
-// are the explicit fmadd calls.
+// GCC's intrinsics are plain vector operators that it would otherwise contract on its own,
+// wherever a multiply meets an add: contraction is off, and the only FMAs are the explicit fmadd
+// calls.
 #pragma GCC optimize("fp-contract=off")
 // GCC 12's own _mm512_undefined_ps (in cvtph/mul intrinsics) trips -Wmaybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#include "mybag/cpu/simd.h"
+#include "mybag/cpu/forward_kernels.h"
 
-#include <c10/util/Exception.h>
+#if MYBAG_X86_SIMD
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
 
 #include <cstdint>
-#include <type_traits>
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MYBAG_AVX512_KERNELS 1
-#include <immintrin.h>
 
 #include "mybag/cpu/bag_range.h"
 #include "mybag/cpu/bfloat16_rounding.h"
-#else
-#define MYBAG_AVX512_KERNELS 0
-#endif
 
 namespace mybag::cpu {
-
-#if MYBAG_AVX512_KERNELS
-
 namespace {
 
 // Lanes<scalar_t>: scalar_t elements in a zmm vector of their accumulation type (float for
@@ -117,7 +109,7 @@ struct Lanes<c10::BFloat16> : FloatLanes {
 template <>
 struct Lanes<c10::Half> : FloatLanes {
   // *p in every lane, through F16C as the rows (c10::Half's scalar conversion is a software
-  // routine in this baseline-compiled file, a dozen instructions per entry).
+  // routine in this baseline-compiled file, many instructions per entry).
   static MYBAG_AVX512_INLINE vec broadcast(const c10::Half* p) {
     return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(p->x)));
   }
@@ -210,7 +202,7 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
     for (int k = 0; k < NV; ++k) {
       const vec v = k + 1 < NV ? L::load(values + k * W) : L::load(values + k * W, last);
       acc[k] = kScaled ? L::fmadd(scale, v, acc[k]) : L::add(acc[k], v);
-      if ((k * kVectorBytes) % 64 == 0) _mm_prefetch(next + k * kVectorBytes, _MM_HINT_T0);
+      if ((k * kVectorBytes) % 64 == 0) prefetch_lines<64>(next + k * kVectorBytes);
     }
   }
   if (mean && count > 0) {
@@ -282,29 +274,17 @@ MYBAG_AVX512 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, i
 }  // namespace
 
 template <typename scalar_t, typename index_t>
-bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>& a, Mode mode, int64_t first,
                      int64_t last) {
+  const bool mean = mode == Mode::Mean;
   return a.per_sample_weights != nullptr ? sum_bags<true>(a, mean, first, last)
                                          : sum_bags<false>(a, mean, first, last);
 }
 
-#else  // no AVX-512 kernels on this architecture
-
-template <typename scalar_t, typename index_t>
-bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>&, bool, int64_t, int64_t) {
-  TORCH_INTERNAL_ASSERT(false, "mybag: no AVX-512 kernels in this build");
-  return false;
-}
-
-#endif
-
-#define MYBAG_INSTANTIATE(scalar_t)                                                               \
-  template bool sum_bags_avx512(const ForwardArgs<scalar_t, int32_t>&, bool, int64_t, int64_t); \
-  template bool sum_bags_avx512(const ForwardArgs<scalar_t, int64_t>&, bool, int64_t, int64_t);
-
-MYBAG_INSTANTIATE(float)
-MYBAG_INSTANTIATE(double)
-MYBAG_INSTANTIATE(c10::Half)
-MYBAG_INSTANTIATE(c10::BFloat16)
+#define MYBAG_INSTANTIATE(scalar_t, index_t) \
+  template bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>&, Mode, int64_t, int64_t);
+MYBAG_FOR_FORWARD_TYPES(MYBAG_INSTANTIATE)
 
 }  // namespace mybag::cpu
+
+#endif  // MYBAG_X86_SIMD
