@@ -12,13 +12,23 @@
 // tile is chosen once per call. Each tile prefetches its own columns of the row a few entries
 // ahead (bag_range.h), one prefetch per 64-byte line, placed among the row's loads.
 //
+// Not one source compiled once per ISA with the AVX2 sum (PyTorch's way): the two differ where
+// their speed comes from. AVX-512 has 32 registers and masked loads and stores of 16-bit lanes, so
+// its tiles are twice as long, its last vector is masked, and each last-tile shape gets a bag
+// loop of its own, specialized on per_sample_weights and padding; AVX2 has 16 registers and no
+// masked 16-bit loads, so its partial vectors go through a buffer and bfloat16 is read in
+// even/odd pairs. Each was tuned against FBGEMM on its own ISA. What they have in common is
+// written once: the ISA choice (isa.h), BagRange and the prefetch policy (bag_range.h), the
+// bfloat16 rounding (bfloat16_rounding.h).
+//
 // Same bits as the portable loops and the AVX2 kernels: entry order, per column; a plain sum
 // adds, a weighted sum does one fused multiply-add per element (the portable loops' std::fma).
 // GCC's intrinsics are plain vector operators that it would otherwise contract on its own,
 // wherever a multiply meets an add: contraction is off, and the only FMAs are the explicit fmadd
 // calls.
 #pragma GCC optimize("fp-contract=off")
-// GCC 12's own _mm512_undefined_ps (in cvtph/mul intrinsics) trips -Wmaybe-uninitialized.
+// GCC 12's own _mm512_undefined_* (in its cvtph and cvtepi32_epi16 intrinsics) trips
+// -Wmaybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "mybag/cpu/forward_kernels.h"
