@@ -28,8 +28,8 @@ inline int64_t prefetch_distance(int64_t row_bytes) {
   return std::max<int64_t>(4, std::max(far, near));
 }
 
-// Requests the kBytes (or bytes) from address, one request per 64-byte line, into every cache
-// level. A prefetch never faults, whatever the address.
+// Requests the kBytes from address, one request per 64-byte line, into every cache level (the
+// SIMD kernels, whose accumulators are registers). A prefetch never faults, whatever the address.
 template <int kBytes>
 C10_ALWAYS_INLINE void prefetch_lines(const char* address) {
 #pragma GCC unroll 32
@@ -38,15 +38,20 @@ C10_ALWAYS_INLINE void prefetch_lines(const char* address) {
   }
 }
 
-C10_ALWAYS_INLINE void prefetch_lines(const char* address, int64_t bytes) {
+// The same for `bytes` known at run time, into the outer cache levels only: for the portable
+// loops, whose accumulator is an array that L1 must keep (requested into L1 as well, the rows
+// ahead evicted it, which showed on cached tables).
+C10_ALWAYS_INLINE void prefetch_lines_outer(const char* address, int64_t bytes) {
   for (int64_t offset = 0; offset < bytes; offset += 64) {
-    __builtin_prefetch(address + offset, /*rw=*/0, /*locality=*/3);
+    __builtin_prefetch(address + offset, /*rw=*/0, /*locality=*/1);
   }
 }
 
 // A bag's entries as the kernels read them: the fields their row loops need, copied out of
 // ForwardArgs, one indirection closer to the loops. Held by reference (passed by value, the
 // copies waited behind the previous bag's output stores, which costs most on bags of one row).
+// Everything here is forced inline: left to the compiler, a prefetch helper was once not inlined
+// into the portable row loops, which then ran far slower.
 template <typename scalar_t, typename index_t>
 struct BagRange {
   const scalar_t* weight;
@@ -92,9 +97,10 @@ struct BagRange {
     if (i < prefetch_last) prefetch_lines<kBytes>(address_ahead(i, col));
   }
 
-  // The whole row, `bytes` long, that entry i + distance reads.
+  // The whole row, `bytes` long, that entry i + distance reads, into the outer caches
+  // (prefetch_lines_outer).
   C10_ALWAYS_INLINE void prefetch_row(int64_t i, int64_t bytes) const {
-    if (i < prefetch_last) prefetch_lines(address_ahead(i, 0), bytes);
+    if (i < prefetch_last) prefetch_lines_outer(address_ahead(i, 0), bytes);
   }
 };
 
