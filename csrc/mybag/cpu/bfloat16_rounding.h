@@ -1,7 +1,12 @@
-// float -> bfloat16 for the SIMD kernels, written once for every vector width: round to
-// nearest even, NaN to 0x7FC0, as c10::BFloat16's conversion. Plain GCC vector arithmetic, no
-// intrinsics and no target attribute: inlined into an AVX2 or an AVX-512 kernel, it is compiled
-// for that kernel's ISA (a compare and blend there, a mask register here). Baseline on its own.
+// float -> bfloat16 for the SIMD kernels, for any vector width: round to nearest even, NaN to
+// 0x7FC0, as c10::BFloat16's conversion. Plain GCC vector arithmetic, no intrinsics and no
+// target attribute: inlined into a kernel, it is compiled for that kernel's ISA. Baseline on its
+// own.
+//
+// The AVX-512 kernel uses it (a compare into a mask register and a merge-masked shift, leaner
+// than its former intrinsics). The AVX2 Lanes (lanes_avx2.h) write the same recipe in
+// intrinsics: with this version GCC rebuilt the constants at every store of the AVX2 sum, which
+// showed on cached tables with short bfloat16 rows.
 #pragma once
 
 #include <c10/macros/Macros.h>

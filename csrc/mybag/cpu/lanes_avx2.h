@@ -19,8 +19,6 @@
 
 #include <cstdint>
 
-#include "mybag/cpu/bfloat16_rounding.h"
-
 namespace mybag::cpu::avx2 {
 
 MYBAG_AVX2_INLINE __m256i first_lanes_mask32(int n) {
@@ -101,11 +99,17 @@ struct Lanes<c10::BFloat16> : SixteenBitLanes<c10::BFloat16, Lanes<c10::BFloat16
   static MYBAG_AVX2_INLINE vec load(const c10::BFloat16* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits(p)), 16));
   }
-  // The rounded bits in the low half of each 32-bit lane (bfloat16_rounding.h).
+  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, lane by lane (the bits
+  // in the low half of each 32-bit lane). The recipe of bfloat16_rounding.h, in intrinsics: the
+  // shared vector-arithmetic version made GCC build its constants anew at every store of the
+  // AVX2 sum, which showed on cached tables with short bfloat16 rows.
   static MYBAG_AVX2_INLINE __m256i round_bits(vec v) {
-    U32x8 rounded;
-    round_to_bfloat16(v, rounded);
-    return reinterpret_cast<__m256i>(rounded);
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
   }
   static MYBAG_AVX2_INLINE void store(c10::BFloat16* p, vec v) {
     const __m256i rounded = round_bits(v);
