@@ -18,8 +18,8 @@
 // loop of its own, specialized on per_sample_weights and padding; AVX2 has 16 registers and no
 // masked 16-bit loads, so its partial vectors go through a buffer and bfloat16 is read in
 // even/odd pairs. Each was tuned against FBGEMM on its own ISA. What they have in common is
-// written once: the ISA choice (isa.h), BagRange and the prefetch policy (bag_range.h), the
-// bfloat16 rounding (bfloat16_rounding.h).
+// written once: the ISA choice (isa.h), BagRange and the prefetch policy (bag_range.h). (The
+// bfloat16 rounding is shared only in its recipe: see bfloat16_rounding.h.)
 //
 // Same bits as the portable loops and the AVX2 kernels: entry order, per column; a plain sum
 // adds, a weighted sum does one fused multiply-add per element (the portable loops' std::fma).
