@@ -1,12 +1,15 @@
 // mybag's AVX-512/AVX2 float32 sum kernel against the FBGEMM kernel torch runs for the same
 // call, on the same data, interleaved call by call, in one process and without Python: the
-// tool behind the prefetch-distance and bag-loop figures in csrc/mybag/cpu/bag_range.h. torch's
-// libtorch_cpu exports FBGEMM's kernel generator, which is declared here.
+// tool behind the prefetch-distance and bag-loop figures in docs/benchmarks.md (the policy is in
+// csrc/mybag/cpu/bag_range.h). torch's libtorch_cpu exports FBGEMM's kernel generator, which is
+// declared here. mybag's kernel is the one the CPU runs (csrc/mybag/cpu/isa.h: AVX-512, else
+// AVX2; MYBAG_CPU_SIMD=avx2 picks AVX2).
 //
 // Build (from the repository root; TORCH is torch's package directory):
 //   TORCH=$(python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 //   g++ -O3 -DNDEBUG -std=c++20 -Icsrc -I$TORCH/include scripts/sum_kernel_vs_fbgemm.cpp \
-//       csrc/mybag/cpu/simd_avx512.cpp csrc/mybag/cpu/simd_avx2.cpp -o /tmp/vs_fbgemm \
+//       csrc/mybag/cpu/isa.cpp csrc/mybag/cpu/forward_avx512.cpp csrc/mybag/cpu/forward_avx2.cpp \
+//       -o /tmp/vs_fbgemm \
 //       -L$TORCH/lib -ltorch_cpu -lc10 -Wl,-rpath,$TORCH/lib
 // Run: /tmp/vs_fbgemm ROWS DIM BAG_SIZE zipf|uniform   (65,536 lookups per call, 1 thread)
 // Prints FBGEMM's median time over mybag's (above 1: mybag is faster) and whether the sums
@@ -22,7 +25,8 @@
 #include <random>
 #include <vector>
 
-#include "mybag/cpu/simd.h"
+#include "mybag/cpu/forward_kernels.h"
+#include "mybag/cpu/isa.h"
 
 namespace fbgemm {
 template <typename InType, typename IndexType, typename OffsetType, typename OutType>
@@ -90,13 +94,20 @@ int main(int argc, char** argv) {
       weight.data(), dim,     1,       dim, indices.data(), {offsets.data(), bags, n, 0},
       nullptr,       -1,      ours.data(), nullptr, rows};
 
+  if (mybag::cpu::cpu_isa() == mybag::cpu::CpuIsa::Portable) {
+    std::fprintf(stderr, "no AVX2 on this CPU (or MYBAG_CPU_SIMD=0)\n");
+    return 1;
+  }
+  const auto sum_bags = mybag::cpu::cpu_isa() == mybag::cpu::CpuIsa::Avx512
+                            ? &mybag::cpu::sum_bags_avx512<float, int64_t>
+                            : &mybag::cpu::sum_bags_avx2<float, int64_t>;
   std::vector<double> t_fbgemm, t_mybag;
   for (int round = 0; round < 801; ++round) {
     const double a = seconds();
     const bool ok = fbgemm_sum(bags, n, rows, weight.data(), indices.data(), offsets.data(),
                                nullptr, theirs.data());
     const double b = seconds();
-    const bool ours_ok = mybag::cpu::sum_bags_avx2(args, false, 0, bags);
+    const bool ours_ok = sum_bags(args, mybag::Mode::Sum, 0, bags);
     const double c = seconds();
     if (!ok || !ours_ok) {
       std::fprintf(stderr, "a kernel refused the input\n");

@@ -1,11 +1,11 @@
 """The CPU's SIMD kernels against its portable loops and against torch.
 
-The AVX2 kernels (csrc/mybag/cpu/simd_avx2.cpp) and the AVX-512 ones (simd_avx512.cpp, sum and
-mean) add in the same order with the same operations as the portable loops, so all must give the
-same bits. MYBAG_CPU_SIMD (see csrc/mybag/cpu/simd.h) picks the kernels: "0" the portable loops,
-"avx2" the AVX2 kernels even on an AVX-512 CPU, unset the best the CPU has. Subprocesses compute
-every case each way and the results are compared bit for bit (on a CPU without AVX-512 the
-default and "avx2" runs are the same kernels). The cases cover the widths where the kernels change
+The AVX2 kernels (csrc/mybag/cpu/forward_avx2.cpp) and the AVX-512 ones (forward_avx512.cpp, sum
+and mean) add in the same order with the same operations as the portable loops
+(forward_portable.cpp), so all must give the same bits. MYBAG_CPU_SIMD (see csrc/mybag/cpu/isa.h)
+picks the kernels: "0" the portable loops, "avx2" the AVX2 kernels even on an AVX-512 CPU, unset
+the best the CPU has. Subprocesses compute every case each way and the results are compared bit
+for bit (on a CPU without AVX-512 the default and "avx2" runs are the same kernels). The cases cover the widths where the kernels change
 shape (partial vectors, one and several column tiles of either kernel), strided tables, padding,
 per_sample_weights, empty bags and NaN in max mode, in every dtype.
 """

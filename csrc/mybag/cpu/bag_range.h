@@ -1,13 +1,9 @@
-// A bag's entries as the SIMD kernels (simd_avx2.cpp, simd_avx512.cpp) read them: the fields
-// their row loops need, copied out of ForwardArgs, one indirection closer to the loops. (Passed
-// by value instead, the copies waited behind the output stores of the previous bag: 2.5x slower
-// for bags of one row.) x86 only; no target attribute, so both kernels' files inline it.
+// How the CPU forward kernels walk a bag's entries, and the one prefetch policy they share: the
+// portable loops (forward_portable.cpp) and the AVX2 and AVX-512 kernels (forward_avx2.cpp,
+// forward_avx512.cpp). ISA-neutral and baseline, so every kernel's file inlines it.
 #pragma once
 
-#if defined(__x86_64__) && defined(__GNUC__)
-
 #include <c10/macros/Macros.h>
-#include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -16,14 +12,15 @@
 
 namespace mybag::cpu {
 
-// Entries to look ahead: 8 KiB of rows ahead up to 16 entries, and at least 2 KiB up to 32 (so
-// 32 entries for rows of 64 bytes, 16 for 128 to 512 bytes, 4 for 2 KiB). Measured in a
-// standalone harness calling torch's own FBGEMM kernel (fixed at 16 entries) on the same data,
-// interleaved: 4 KiB ahead left rows of 512 bytes at 0.91-0.95x of it on cached and Zipf
-// tables, 16 entries 0.97-1.0x; rows of 256 bytes went from 0.85-0.94x at 32 entries to 0.98x
-// at 16; rows of 2 KiB do best at 4 (16 is 5-9% slower); rows of 64 bytes on a 1M-row table
-// want 32 (16: 0.94x). Before that, 2 KiB -> 4 KiB ahead took a 2M x 128 float table from 0.75x
-// to 0.9x of torch.
+// Rows are gathered at random from tables far larger than the caches, so the time goes to memory
+// latency unless the rows some entries ahead are already on their way.
+//
+// Entries to look ahead, for rows of row_bytes: 8 KiB of rows ahead up to 16 entries, and at
+// least 2 KiB up to 32, never fewer than 4 (so 32 entries for rows of 64 bytes, 16 for 128 to
+// 512 bytes, 4 for 2 KiB). Tuned against torch's FBGEMM kernel (16 entries whatever the row) on
+// the same data (docs/benchmarks.md): a fixed number of bytes ahead left mid-size rows behind
+// it, 16 entries is too far for rows of 2 KiB, and small rows on a large table want more
+// entries in flight.
 inline int64_t prefetch_distance(int64_t row_bytes) {
   const int64_t bytes = row_bytes > 0 ? row_bytes : 1;
   const int64_t far = std::min<int64_t>(8192 / bytes, 16);
@@ -31,6 +28,30 @@ inline int64_t prefetch_distance(int64_t row_bytes) {
   return std::max<int64_t>(4, std::max(far, near));
 }
 
+// Requests the kBytes from address, one request per 64-byte line, into every cache level (the
+// SIMD kernels, whose accumulators are registers). A prefetch never faults, whatever the address.
+template <int kBytes>
+C10_ALWAYS_INLINE void prefetch_lines(const char* address) {
+#pragma GCC unroll 32
+  for (int offset = 0; offset < kBytes; offset += 64) {
+    __builtin_prefetch(address + offset, /*rw=*/0, /*locality=*/3);
+  }
+}
+
+// The same for `bytes` known at run time, into the outer cache levels only: for the portable
+// loops, whose accumulator is an array that L1 must keep (requested into L1 as well, the rows
+// ahead evicted it, which showed on cached tables).
+C10_ALWAYS_INLINE void prefetch_lines_outer(const char* address, int64_t bytes) {
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(address + offset, /*rw=*/0, /*locality=*/1);
+  }
+}
+
+// A bag's entries as the kernels read them: the fields their row loops need, copied out of
+// ForwardArgs, one indirection closer to the loops. Held by reference (passed by value, the
+// copies waited behind the previous bag's output stores, which costs most on bags of one row).
+// Everything here is forced inline: left to the compiler, a prefetch helper was once not inlined
+// into the portable row loops, which then ran far slower.
 template <typename scalar_t, typename index_t>
 struct BagRange {
   const scalar_t* weight;
@@ -54,34 +75,38 @@ struct BagRange {
     return static_cast<uint64_t>(row) >= static_cast<uint64_t>(num_weights);
   }
 
-  // Requests the columns [col, col + kBytes) of the row entry i + distance reads, one prefetch
-  // per 64-byte line. That index is not checked yet and may be out of range: the address is
-  // computed in unsigned integers (wrapping is defined) and a prefetch never faults, so a bad
-  // index costs at most a useless request. (Clamping it to row 0 first cost up to 5% on cached
-  // tables: the compare and select sit on the path to every prefetch.)
-  template <int kBytes>
-  C10_ALWAYS_INLINE void prefetch(int64_t i, int64_t col) const {
-    if (i < prefetch_last) {
-      const uintptr_t row = static_cast<uintptr_t>(indices[i + distance]);
-      const uintptr_t address = reinterpret_cast<uintptr_t>(weight + col) +
-                                row * static_cast<uintptr_t>(row_stride) * sizeof(scalar_t);
-      const char* bytes = reinterpret_cast<const char*>(address);
-#pragma GCC unroll 32
-      for (int offset = 0; offset < kBytes; offset += 64) _mm_prefetch(bytes + offset, _MM_HINT_T0);
-    }
-  }
-
   // The row entry i + distance reads (entry i's own near the end of the input, where the
-  // request is wasted but harmless), for a kernel that places its prefetches among its loads.
-  // Not checked, as in prefetch(): the caller computes the address in unsigned integers.
+  // request is wasted but harmless). That index is not checked yet and may be out of range: the
+  // caller computes the address in unsigned integers (wrapping is defined), and a prefetch never
+  // faults, so a bad index costs at most a useless request. (Clamping it to row 0 instead puts a
+  // compare and select on the path to every prefetch, which shows on cached tables.)
   C10_ALWAYS_INLINE uintptr_t row_ahead(int64_t i) const {
     return static_cast<uintptr_t>(indices[i < prefetch_last ? i + distance : i]);
+  }
+
+  // Column col of the row entry i + distance reads, as row_ahead says.
+  C10_ALWAYS_INLINE const char* address_ahead(int64_t i, int64_t col) const {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(weight + col) +
+                              row_ahead(i) * static_cast<uintptr_t>(row_stride) * sizeof(scalar_t);
+    return reinterpret_cast<const char*>(address);
+  }
+
+  // Requests the columns [col, col + kBytes) of the row entry i + distance reads.
+  template <int kBytes>
+  C10_ALWAYS_INLINE void prefetch(int64_t i, int64_t col) const {
+    if (i < prefetch_last) prefetch_lines<kBytes>(address_ahead(i, col));
+  }
+
+  // The whole row, `bytes` long, that entry i + distance reads, into the outer caches
+  // (prefetch_lines_outer).
+  C10_ALWAYS_INLINE void prefetch_row(int64_t i, int64_t bytes) const {
+    if (i < prefetch_last) prefetch_lines_outer(address_ahead(i, 0), bytes);
   }
 };
 
 // The call's fields, made once per call; a kernel then sets begin and end per bag with
-// select(). (Rebuilt per bag, the struct cost about 10% of a bag of 20 cached rows against
-// FBGEMM's kernel, 25% for bags of 5.)
+// select(). (Rebuilt per bag, the struct costs a noticeable share of a bag of a few cached
+// rows.)
 template <typename scalar_t, typename index_t>
 C10_ALWAYS_INLINE BagRange<scalar_t, index_t> bag_range(const ForwardArgs<scalar_t, index_t>& a,
                                                         int64_t distance) {
@@ -91,5 +116,3 @@ C10_ALWAYS_INLINE BagRange<scalar_t, index_t> bag_range(const ForwardArgs<scalar
 }
 
 }  // namespace mybag::cpu
-
-#endif

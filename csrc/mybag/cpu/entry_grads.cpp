@@ -16,8 +16,9 @@
 #include "mybag/reductions.h"
 #include "mybag/row_groups.h"
 #include "mybag/cpu/entries.h"
+#include "mybag/cpu/entry_grads_avx2.h"
+#include "mybag/cpu/isa.h"
 #include "mybag/cpu/rows.h"
-#include "mybag/cpu/simd.h"
 #include "mybag/cpu/value_checks.h"
 
 namespace mybag::cpu {
@@ -74,7 +75,7 @@ at::Tensor per_entry_grad(const at::Tensor& grad, const at::Tensor& input,
   at::Tensor flat_grad;
   const auto in = prepare_weight_grad(grad, flat_grad, input, offsets, per_sample_weights,
                                       mode_value, padding_idx, include_last_offset, num_weights);
-  check_index_values(in.input, in.offsets, num_weights, include_last_offset);
+  check_index_values(in.input, in.offsets, num_weights);
   const Mode mode = in.mode;
   if (in.num_bags == 0 || in.dim == 0) {
     return at::zeros({input.numel(), in.dim}, grad.options());
@@ -100,7 +101,7 @@ at::Tensor per_sample_weights_backward(const at::Tensor& grad, const at::Tensor&
   at::Tensor flat_grad;
   const auto in = prepare_per_sample_weights_grad(grad, flat_grad, weight, input, offsets,
                                                   mode_value, padding_idx, include_last_offset);
-  check_index_values(in.input, in.offsets, in.num_weights, include_last_offset);
+  check_index_values(in.input, in.offsets, in.num_weights);
   auto result = at::zeros(input.sizes(), grad.options());
   const int64_t dim = in.dim;
   const int64_t padding_row = in.padding_row;

@@ -19,7 +19,7 @@ void renorm_(at::Tensor& weight, const at::Tensor& input, const std::optional<at
   check_renorm_args(weight, input, offsets, include_last_offset, max_norm);
   // Rows that share memory (an expanded weight) would be scaled more than once.
   at::assert_no_internal_overlap(weight);
-  check_index_values(input, offsets, weight.size(0), include_last_offset);
+  check_index_values(input, offsets, weight.size(0));
 
   const auto flat_input = input.contiguous();
   const int64_t dim = weight.size(1);

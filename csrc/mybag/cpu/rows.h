@@ -29,7 +29,7 @@ inline void add_scaled_row(acc_t* __restrict__ acc, const scalar_t* __restrict__
 // acc[d] = fma(weight, row[d * col_stride], acc[d]): the forward's weighted sum, one rounding
 // per element, the same bits as the SIMD kernels' fused multiply-add. (On x86 this loop is
 // compiled for baseline x86-64 and std::fma is a libm call: it serves only CPUs without AVX2
-// and FMA, strided tables, and MYBAG_CPU_SIMD=0.)
+// and FMA, strided tables, and MYBAG_CPU_SIMD=0; see isa.h.)
 template <typename acc_t, typename scalar_t>
 inline void fma_row(acc_t* __restrict__ acc, const scalar_t* __restrict__ row,
                     int64_t col_stride, int64_t dim, acc_t weight) {
@@ -46,20 +46,6 @@ inline acc_t dot_row(const scalar_t* a, const scalar_t* b, int64_t b_stride, int
     total += static_cast<acc_t>(a[d]) * static_cast<acc_t>(b[d * b_stride]);
   }
   return total;
-}
-
-// Rows are gathered at random from tables far larger than the caches, so the time goes to
-// memory latency unless the rows a few entries ahead are already on their way.
-constexpr int64_t kPrefetchDistance = 8;
-
-template <typename scalar_t>
-inline void prefetch_row(const scalar_t* row, int64_t col_stride, int64_t dim) {
-  if (col_stride != 1) return;  // strided rows: not worth guessing
-  const char* bytes = reinterpret_cast<const char*>(row);
-  const int64_t size = dim * static_cast<int64_t>(sizeof(scalar_t));
-  for (int64_t offset = 0; offset < size; offset += 64) {
-    __builtin_prefetch(bytes + offset, /*rw=*/0, /*locality=*/1);
-  }
 }
 
 // Bags per parallel task: enough rows that a task is worth scheduling (about 32K elements).

@@ -9,8 +9,10 @@
 
 namespace mybag::cpu {
 
+// With include_last_offset the final offset is checked like the others, though no bag reads it
+// (as CUDA's check): the call does not need to say which form offsets has.
 void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
-                        int64_t num_weights, bool include_last_offset);
+                        int64_t num_weights);
 
 // The offsets part alone, for kernels that check each index as they read it.
 void check_offset_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets);

@@ -116,7 +116,7 @@ at::Tensor dense_backward(const at::Tensor& grad, const at::Tensor& input,
   at::Tensor flat_grad;
   const auto in = prepare_weight_grad(grad, flat_grad, input, offsets, per_sample_weights,
                                       mode_value, padding_idx, include_last_offset, num_weights);
-  check_index_values(in.input, in.offsets, num_weights, include_last_offset);
+  check_index_values(in.input, in.offsets, num_weights);
   const Mode mode = in.mode;
   auto grad_weight = at::zeros({num_weights, in.dim}, grad.options());
   if (in.num_bags == 0 || in.dim == 0 || num_weights == 0) {

@@ -1,9 +1,8 @@
-// AVX-512 kernels for the forward's sum and mean (see simd.h). Like simd_avx2.cpp, only the
-// functions marked MYBAG_AVX512(_INLINE) are compiled for AVX-512; the file as a whole, and every
-// header it includes, stays baseline.
+// The AVX-512 forward kernels, for sum and mean (forward_kernels.h; max runs the AVX2 kernel),
+// compiled for AVX-512F/BW/VL (MYBAG_AVX512, isa.h); the file as a whole stays baseline.
 //
 // Why: on a CPU with AVX-512, torch's sum (FBGEMM's JIT kernel) adds 16 floats per instruction,
-// and the AVX2 kernel, doing twice the instructions per row, was 0.7-0.95x of it.
+// and the AVX2 kernel, doing twice the instructions per row, falls behind it.
 //
 // Design: as the AVX2 sum tile. A bag's accumulators stay in zmm registers: the row is cut into
 // tiles of up to kSumTile vectors (256 floats, 128 doubles), each tile walks the bag's entries
@@ -11,59 +10,41 @@
 // (and masked store) whose mask covers the columns left (all of them when dim is a multiple of
 // the width), so a tile is specialized only on its number of vectors, and the shape of the last
 // tile is chosen once per call. Each tile prefetches its own columns of the row a few entries
-// ahead, one prefetch per 64-byte line, placed among the row's loads.
+// ahead (bag_range.h), one prefetch per 64-byte line, placed among the row's loads.
+//
+// Not one source compiled once per ISA with the AVX2 sum (PyTorch's way): the two differ where
+// their speed comes from. AVX-512 has 32 registers and masked loads and stores of 16-bit lanes, so
+// its tiles are twice as long, its last vector is masked, and each last-tile shape gets a bag
+// loop of its own, specialized on per_sample_weights and padding; AVX2 has 16 registers and no
+// masked 16-bit loads, so its partial vectors go through a buffer and bfloat16 is read in
+// even/odd pairs. Each was tuned against FBGEMM on its own ISA. What they have in common is
+// written once: the ISA choice (isa.h), BagRange and the prefetch policy (bag_range.h). (The
+// bfloat16 rounding is shared only in its recipe: see bfloat16_rounding.h.)
 //
 // Same bits as the portable loops and the AVX2 kernels: entry order, per column; a plain sum
 // adds, a weighted sum does one fused multiply-add per element (the portable loops' std::fma).
-// GCC's intrinsics are plain vector operators that it would otherwise contract on its own
-// (1216 vfmadd in this file without the pragma below): contraction is off, and the only FMAs
-// are the explicit fmadd calls.
+// GCC's intrinsics are plain vector operators that it would otherwise contract on its own,
+// wherever a multiply meets an add: contraction is off, and the only FMAs are the explicit fmadd
+// calls.
 #pragma GCC optimize("fp-contract=off")
-// GCC 12's own _mm512_undefined_ps (in cvtph/mul intrinsics) trips -Wmaybe-uninitialized.
+// GCC 12's own _mm512_undefined_* (in its cvtph and cvtepi32_epi16 intrinsics) trips
+// -Wmaybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#include "mybag/cpu/simd.h"
+#include "mybag/cpu/forward_kernels.h"
 
-#include <c10/util/Exception.h>
+#if MYBAG_X86_SIMD
 
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <type_traits>
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MYBAG_AVX512_KERNELS 1
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "mybag/cpu/bag_range.h"
-#else
-#define MYBAG_AVX512_KERNELS 0
-#endif
+#include "mybag/cpu/bfloat16_rounding.h"
 
 namespace mybag::cpu {
-
-bool use_avx512() {
-#if MYBAG_AVX512_KERNELS
-  static const bool enabled = [] {
-    if (!use_avx2()) return false;  // MYBAG_CPU_SIMD=0, or no AVX2
-    const char* setting = std::getenv("MYBAG_CPU_SIMD");
-    if (setting != nullptr && std::strcmp(setting, "avx2") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
-  }();
-  return enabled;
-#else
-  return false;
-#endif
-}
-
-#if MYBAG_AVX512_KERNELS
-
-#define MYBAG_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx2,f16c,fma"
-#define MYBAG_AVX512 __attribute__((target(MYBAG_AVX512_TARGET)))
-#define MYBAG_AVX512_INLINE __attribute__((target(MYBAG_AVX512_TARGET), always_inline)) inline
-
 namespace {
 
 // Lanes<scalar_t>: scalar_t elements in a zmm vector of their accumulation type (float for
@@ -80,9 +61,6 @@ struct FloatLanes {
   static MYBAG_AVX512_INLINE vec set1(float x) { return _mm512_set1_ps(x); }
   static MYBAG_AVX512_INLINE vec add(vec a, vec b) {
     return _mm512_add_ps(a, b);
-  }
-  static MYBAG_AVX512_INLINE vec mul(vec a, vec b) {
-    return _mm512_mul_ps(a, b);
   }
   // a * b + c, rounded once.
   static MYBAG_AVX512_INLINE vec fmadd(vec a, vec b, vec c) {
@@ -124,15 +102,11 @@ struct Lanes<c10::BFloat16> : FloatLanes {
   static MYBAG_AVX512_INLINE vec load(const c10::BFloat16* p, mask_t m) {
     return widen(_mm256_maskz_loadu_epi16(m, p));
   }
-  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, as the AVX2 kernel.
+  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion (bfloat16_rounding.h).
   static MYBAG_AVX512_INLINE __m256i narrow(vec v) {
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(
-        _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    const __m512i bits = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
-    return _mm512_cvtepi32_epi16(bits);
+    U32x16 rounded;
+    round_to_bfloat16(v, rounded);
+    return _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(rounded));
   }
   static MYBAG_AVX512_INLINE void store(c10::BFloat16* p, vec v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v));
@@ -145,7 +119,7 @@ struct Lanes<c10::BFloat16> : FloatLanes {
 template <>
 struct Lanes<c10::Half> : FloatLanes {
   // *p in every lane, through F16C as the rows (c10::Half's scalar conversion is a software
-  // routine in this baseline-compiled file, a dozen instructions per entry).
+  // routine in this baseline-compiled file, many instructions per entry).
   static MYBAG_AVX512_INLINE vec broadcast(const c10::Half* p) {
     return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(p->x)));
   }
@@ -177,9 +151,6 @@ struct Lanes<double> {
   static MYBAG_AVX512_INLINE vec set1(double x) { return _mm512_set1_pd(x); }
   static MYBAG_AVX512_INLINE vec add(vec a, vec b) {
     return _mm512_add_pd(a, b);
-  }
-  static MYBAG_AVX512_INLINE vec mul(vec a, vec b) {
-    return _mm512_mul_pd(a, b);
   }
   static MYBAG_AVX512_INLINE vec fmadd(vec a, vec b, vec c) {
     return _mm512_fmadd_pd(a, b, c);
@@ -241,7 +212,7 @@ MYBAG_AVX512_INLINE bool sum_tile(const BagRange<scalar_t, index_t>& r, int64_t 
     for (int k = 0; k < NV; ++k) {
       const vec v = k + 1 < NV ? L::load(values + k * W) : L::load(values + k * W, last);
       acc[k] = kScaled ? L::fmadd(scale, v, acc[k]) : L::add(acc[k], v);
-      if ((k * kVectorBytes) % 64 == 0) _mm_prefetch(next + k * kVectorBytes, _MM_HINT_T0);
+      if ((k * kVectorBytes) % 64 == 0) prefetch_lines<64>(next + k * kVectorBytes);
     }
   }
   if (mean && count > 0) {
@@ -313,29 +284,17 @@ MYBAG_AVX512 bool sum_bags(const ForwardArgs<scalar_t, index_t>& a, bool mean, i
 }  // namespace
 
 template <typename scalar_t, typename index_t>
-bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>& a, bool mean, int64_t first,
+bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>& a, Mode mode, int64_t first,
                      int64_t last) {
+  const bool mean = mode == Mode::Mean;
   return a.per_sample_weights != nullptr ? sum_bags<true>(a, mean, first, last)
                                          : sum_bags<false>(a, mean, first, last);
 }
 
-#else  // no AVX-512 kernels on this architecture
-
-template <typename scalar_t, typename index_t>
-bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>&, bool, int64_t, int64_t) {
-  TORCH_INTERNAL_ASSERT(false, "mybag: no AVX-512 kernels in this build");
-  return false;
-}
-
-#endif
-
-#define MYBAG_INSTANTIATE(scalar_t)                                                               \
-  template bool sum_bags_avx512(const ForwardArgs<scalar_t, int32_t>&, bool, int64_t, int64_t); \
-  template bool sum_bags_avx512(const ForwardArgs<scalar_t, int64_t>&, bool, int64_t, int64_t);
-
-MYBAG_INSTANTIATE(float)
-MYBAG_INSTANTIATE(double)
-MYBAG_INSTANTIATE(c10::Half)
-MYBAG_INSTANTIATE(c10::BFloat16)
+#define MYBAG_INSTANTIATE(scalar_t, index_t) \
+  template bool sum_bags_avx512(const ForwardArgs<scalar_t, index_t>&, Mode, int64_t, int64_t);
+MYBAG_FOR_FORWARD_TYPES(MYBAG_INSTANTIATE)
 
 }  // namespace mybag::cpu
+
+#endif  // MYBAG_X86_SIMD
