@@ -25,16 +25,13 @@ namespace mybag::cpu {
 namespace {
 
 template <typename scalar_t, typename index_t>
-void fill_per_entry_grad(const KernelInputs& in, const at::Tensor& grad_tensor, bool mean,
+void fill_per_entry_grad(const KernelInputs& in, const at::Tensor& grad_tensor,
                          bool scale_grad_by_freq, at::Tensor& values) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto layout = make_layout<index_t>(in.input, in.offsets, in.include_last_offset);
   const index_t* indices = in.input.const_data_ptr<index_t>();
-  const auto counts = mean ? non_padding_counts(layout, indices, in.padding_row)
-                           : std::vector<int64_t>();
-  const EntryScale<acc_t, scalar_t> entry_scale{
-      in.per_sample_weights.defined() ? in.per_sample_weights.const_data_ptr<scalar_t>() : nullptr,
-      mean ? counts.data() : nullptr};
+  const EntryScales<scalar_t, index_t> scales(in, layout);
+  const auto& entry_scale = scales.scale;
   const at::Tensor frequency_tensor =
       scale_grad_by_freq ? row_frequency_of_entries(group_by_row(in.input.view({-1})))
                          : at::Tensor();
@@ -76,7 +73,6 @@ at::Tensor per_entry_grad(const at::Tensor& grad, const at::Tensor& input,
   const auto in = prepare_weight_grad(grad, flat_grad, input, offsets, per_sample_weights,
                                       mode_value, padding_idx, include_last_offset, num_weights);
   check_index_values(in.input, in.offsets, num_weights);
-  const Mode mode = in.mode;
   if (in.num_bags == 0 || in.dim == 0) {
     return at::zeros({input.numel(), in.dim}, grad.options());
   }
@@ -86,8 +82,7 @@ at::Tensor per_entry_grad(const at::Tensor& grad, const at::Tensor& input,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "mybag_embedding_bag_per_entry_grad_cpu", [&] {
     AT_DISPATCH_INDEX_TYPES(in.input.scalar_type(), "mybag_embedding_bag_per_entry_grad_cpu", [&] {
-      fill_per_entry_grad<scalar_t, index_t>(in, flat_grad, mode == Mode::Mean, scale_grad_by_freq,
-                                            values);
+      fill_per_entry_grad<scalar_t, index_t>(in, flat_grad, scale_grad_by_freq, values);
     });
   });
   return values;

@@ -25,17 +25,13 @@ namespace mybag::cpu {
 namespace {
 
 template <typename scalar_t, typename index_t>
-void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad_tensor, bool mean,
+void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad_tensor,
                           bool scale_grad_by_freq, at::Tensor& grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto layout = make_layout<index_t>(in.input, in.offsets, in.include_last_offset);
-  const index_t* indices = in.input.const_data_ptr<index_t>();
   const auto bag_of = bag_of_entries(layout);
-  const auto counts = mean ? non_padding_counts(layout, indices, in.padding_row)
-                           : std::vector<int64_t>();
-  const EntryScale<acc_t, scalar_t> entry_scale{
-      in.per_sample_weights.defined() ? in.per_sample_weights.const_data_ptr<scalar_t>() : nullptr,
-      mean ? counts.data() : nullptr};
+  const EntryScales<scalar_t, index_t> scales(in, layout);
+  const auto& entry_scale = scales.scale;
   const RowGroups groups = group_by_row(in.input.view({-1}));
   const int64_t* order = groups.order.const_data_ptr<int64_t>();
   const index_t* sorted_rows = groups.sorted_rows.const_data_ptr<index_t>();
@@ -133,8 +129,7 @@ at::Tensor dense_backward(const at::Tensor& grad, const at::Tensor& input,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "mybag_embedding_bag_backward_cpu", [&] {
     AT_DISPATCH_INDEX_TYPES(in.input.scalar_type(), "mybag_embedding_bag_backward_cpu", [&] {
-      sum_mean_weight_grad<scalar_t, index_t>(in, flat_grad, mode == Mode::Mean,
-                                              scale_grad_by_freq, grad_weight);
+      sum_mean_weight_grad<scalar_t, index_t>(in, flat_grad, scale_grad_by_freq, grad_weight);
     });
   });
   return grad_weight;
