@@ -670,7 +670,7 @@ def test_bad_batch_raises_and_changes_nothing(device, optimizer, bad):
     assert int(m.step) == 2
 
 
-@pytest.mark.parametrize("kwargs,name", [
+BAD_HYPERPARAMETERS = [
     ({"optimizer": "sgd", "lr": -0.1}, "lr"),
     ({"optimizer": "adagrad", "lr": -1e-3}, "lr"),
     ({"optimizer": "adam", "lr": -1.0}, "lr"),
@@ -678,10 +678,42 @@ def test_bad_batch_raises_and_changes_nothing(device, optimizer, bad):
     ({"optimizer": "adam", "betas": (0.9, -0.1)}, "betas"),
     ({"optimizer": "adam", "betas": (0.9, 1.5)}, "betas"),
     ({"optimizer": "rmsprop"}, "optimizer"),
-])
+]
+
+
+@pytest.mark.parametrize("kwargs,name", BAD_HYPERPARAMETERS)
 def test_bad_hyperparameters_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         mybag.FusedEmbeddingBag(10, 4, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,name", BAD_HYPERPARAMETERS)
+def test_bad_hyperparameters_raise_in_functional_form(device, kwargs, name):
+    weight = torch.randn(10, 4, device=device, requires_grad=True)
+    optimizer = kwargs["optimizer"]
+    state = initial_state(optimizer if optimizer in STATE_NAMES else "adam", weight, {})
+    step = torch.zeros((), dtype=torch.int64, device=device)
+    before = [weight.detach().clone(), step.clone()] + [t.clone() for t in state]
+    with pytest.raises(ValueError, match=name):
+        out = mybag.fused_embedding_bag(torch.tensor([1, 2, 3], device=device), weight, state,
+                                        step, torch.tensor([0, 1], device=device), **kwargs)
+        out.sum().backward()
+    for b, a in zip(before, [weight.detach(), step] + state):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name,value", [("lr", -1.0), ("betas", (0.9, 1.0)), ("eps", -1e-8)])
+def test_bad_hyperparameter_set_on_module_raises_and_changes_nothing(device, name, value):
+    # Hyperparameters are plain attributes read at forward: a bad one set between steps is
+    # caught there, before anything is saved or updated.
+    cfg = CFG["sum_1d"]
+    m = make_fused(cfg.table(device, torch.float32), cfg, "adam", HP["adam"])
+    train_step(m, cfg.batch(0, device, torch.float32))
+    before = snapshot(m, "adam")
+    setattr(m, name, value)
+    with pytest.raises(ValueError, match=name):
+        train_step(m, cfg.batch(1, device, torch.float32))
+    assert_snapshot_equal(m, "adam", before, name)
 
 
 def test_max_mode_rejects_scale_grad_by_freq():
