@@ -721,6 +721,75 @@ def test_max_mode_rejects_scale_grad_by_freq():
         mybag.FusedEmbeddingBag(10, 4, mode="max", scale_grad_by_freq=True)
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_no_step_without_grad(device, optimizer):
+    # docs/spec.md §8: under no_grad, or when the table does not require grad, nothing is
+    # recorded and no step is taken; the forward still gives the bags.
+    cfg = CFG["mean_2d_pad"]
+    m = make_fused(cfg.table(device, torch.float32), cfg, optimizer, HP[optimizer])
+    train_step(m, cfg.batch(0, device, torch.float32))
+    before = snapshot(m, optimizer)
+    b = cfg.batch(1, device, torch.float32)
+    expected = F.embedding_bag(b.input, before["weight"], b.offsets, mode=cfg.mode,
+                               padding_idx=cfg.padding_idx)
+    with torch.no_grad():
+        out = m(b.input, b.offsets)
+    assert not out.requires_grad
+    torch.testing.assert_close(out, expected)
+    m.weight.requires_grad_(False)
+    out = m(b.input, b.offsets)
+    assert not out.requires_grad
+    assert_snapshot_equal(m, optimizer, before, "without grad")
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_second_backward_of_a_stale_forward_raises(device, optimizer):
+    # docs/spec.md §8: two forwards, then two backwards: the first steps the table, the second
+    # would step with a gradient from the old table, and raises instead, changing nothing.
+    cfg = CFG["sum_1d"]
+    m = make_fused(cfg.table(device, torch.float32), cfg, optimizer, HP[optimizer])
+    b0, b1 = cfg.batch(0, device, torch.float32), cfg.batch(1, device, torch.float32)
+    out0 = m(b0.input, b0.offsets)
+    out1 = m(b1.input, b1.offsets)
+    out0.backward(b0.grad_output)
+    after_first = snapshot(m, optimizer)
+    assert int(after_first["step"]) == 1
+    with pytest.raises(RuntimeError, match="weight"):
+        out1.backward(b1.grad_output)
+    assert_snapshot_equal(m, optimizer, after_first, "stale backward")
+
+
+def _bad_states(weight):
+    num, dim = weight.shape
+    f32 = {"dtype": torch.float32, "device": weight.device}
+    return {
+        "missing": [torch.zeros(num, dim, **f32)],
+        "shape": [torch.zeros(num + 1, dim, **f32), torch.zeros(num + 1, dim, **f32)],
+        "dtype": [torch.zeros(num, dim, dtype=torch.float64, device=weight.device)] * 2,
+        "non_contiguous": [torch.zeros(dim, num, **f32).t(), torch.zeros(dim, num, **f32).t()],
+    }
+
+
+@pytest.mark.parametrize("bad", ["missing", "shape", "dtype", "non_contiguous", "step"])
+def test_state_that_does_not_fit_raises(device, bad):
+    # docs/spec.md §8: adam's state must be two contiguous float32 tables of weight's shape and
+    # step a 0-dim int64: anything else is a RuntimeError from the forward.
+    weight = torch.randn(10, 4, device=device, requires_grad=True)
+    step = torch.zeros((), dtype=torch.int64, device=device)
+    if bad == "step":
+        state = initial_state("adam", weight, {})
+        step = torch.zeros(1, dtype=torch.int64, device=device)
+    else:
+        state = _bad_states(weight)[bad]
+    w0 = weight.detach().clone()
+    with pytest.raises(RuntimeError):
+        out = mybag.fused_embedding_bag(torch.tensor([1, 2, 3], device=device), weight, state,
+                                        step, torch.tensor([0, 1], device=device),
+                                        optimizer="adam")
+        out.sum().backward()
+    assert torch.equal(weight.detach(), w0)
+
+
 # ---------------------------------------------------------------------------------------------
 # The functional form
 
