@@ -37,7 +37,6 @@ void for_each_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor
                            bool scale_grad_by_freq, const RowGroups& groups, const Sink& sink) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto layout = make_layout<index_t>(in.input, in.offsets, in.include_last_offset);
-  const auto bag_of = bag_of_entries(layout);
   const EntryScales<scalar_t, index_t> scales(in, layout);
   const auto& entry_scale = scales.scale;
   const int64_t* order = groups.order.const_data_ptr<int64_t>();
@@ -45,19 +44,29 @@ void for_each_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor
   const int64_t* starts = groups.starts.const_data_ptr<int64_t>();
   const scalar_t* grad = grad_tensor.const_data_ptr<scalar_t>();
   const int64_t dim = in.dim;
+  const int64_t grad_row_bytes = dim * static_cast<int64_t>(sizeof(scalar_t));
 
-  const int64_t distance = prefetch_distance(sink.row_bytes());
+  // The bag of each sorted position, gathered in one pass of independent loads: walking the
+  // groups, the bag of entry order[k] would be a dependent random load before every bag
+  // gradient, and the positions ahead are then known without it.
+  std::vector<int64_t> sorted_bags;
+  {
+    const auto bag_of = bag_of_entries(layout);
+    sorted_bags.resize(bag_of.size());
+    at::parallel_for(0, static_cast<int64_t>(bag_of.size()), 4096, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) sorted_bags[k] = bag_of[order[k]];
+    });
+  }
+  const int64_t* bag_at = sorted_bags.data();
+
+  const int64_t row_distance = prefetch_distance(sink.row_bytes());
+  const int64_t entry_distance = prefetch_distance(grad_row_bytes);
   at::parallel_for(0, groups.count, kRowGroupGrain, [&](int64_t first, int64_t last) {
     std::vector<acc_t> acc(dim);
+    const int64_t task_end = starts[last];
     for (int64_t g = first; g < last; ++g) {
-      if (g + distance < last) {
-        // The row ahead, and the bag gradient its first entry adds.
-        const int64_t ahead = starts[g + distance];
-        sink.prefetch(sorted_rows[ahead]);
-        const int64_t bag = bag_of[order[ahead]];
-        if (bag >= 0) prefetch_lines_outer(reinterpret_cast<const char*>(grad + bag * dim),
-                                           dim * static_cast<int64_t>(sizeof(scalar_t)));
-      }
+      // The sink's row some groups ahead.
+      if (g + row_distance < last) sink.prefetch(sorted_rows[starts[g + row_distance]]);
       const int64_t begin = starts[g];
       const int64_t end = starts[g + 1];
       const int64_t row = sorted_rows[begin];
@@ -65,10 +74,14 @@ void for_each_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor
       const int64_t frequency = scale_grad_by_freq ? end - begin : 0;
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t k = begin; k < end; ++k) {
-        const int64_t entry = order[k];
-        const int64_t bag = bag_of[entry];
+        // The bag gradient some entries ahead (bags are far apart in the gradient).
+        if (k + entry_distance < task_end && bag_at[k + entry_distance] >= 0) {
+          prefetch_lines_outer(reinterpret_cast<const char*>(grad + bag_at[k + entry_distance] * dim),
+                               grad_row_bytes);
+        }
+        const int64_t bag = bag_at[k];
         if (bag < 0) continue;
-        add_scaled_row(acc.data(), grad + bag * dim, 1, dim, entry_scale(entry, bag, frequency));
+        add_scaled_row(acc.data(), grad + bag * dim, 1, dim, entry_scale(order[k], bag, frequency));
       }
       sink(row, static_cast<const acc_t*>(acc.data()));
     }
