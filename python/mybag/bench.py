@@ -5,7 +5,14 @@ mybag gives torch's answer; only then are the two timed, call by call in
 turn, and their median times compared. It prints one line per case (times,
 speed-up = torch time / mybag time, bandwidths) and a summary. From Python,
 mybag.bench.run(quick=True) returns one dict per case and
-mybag.bench.benchmark(quick=True) the whole report. See docs/benchmarks.md."""
+mybag.bench.benchmark(quick=True) the whole report.
+
+--suite train times training steps instead (forward, backward, optimizer
+update: sgd, adagrad, rowwise_adagrad, adam) of mybag.FusedEmbeddingBag, whose
+update is fused into the backward, against torch's sparse and dense modules
+with torch.optim and, when fbgemm_gpu imports, FBGEMM's fused CPU step; each
+case first checks one fused step against torch's (mybag.bench_training).
+See docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -177,14 +184,15 @@ def cases_for(device: str = "cpu", quick: bool = False, tiny: bool = False,
 def no_case_error(filter: str | None, names: list[str], quick: bool, device: str,
                   suite: str = "") -> NoCaseError:  # fmt: skip
     """The error for a ``filter`` that matches none of ``names``, with examples and a hint to
-    ``--list``; ``suite`` is the option that picks the grid (e.g. " --suite train")."""
+    ``--list``; ``suite`` is the option that picks the grid, if any ("--suite train")."""
+    options = " ".join(o for o in (suite, "--quick" if quick else "") if o)
     examples = "".join(f"\n  {name}" for name in names[:4])
     return NoCaseError(
         f"no case name contains {filter!r} ({len(names)} cases in the "
-        f"{'--quick grid' if quick else 'grid'}{suite} on {device}).\n"
+        f"{options + ' ' if options else ''}grid on {device}).\n"
         "--filter keeps the cases whose name contains the text exactly (case-sensitive).\n"
         f"Case names look like:{examples}\n"
-        f"List them all with: python -m mybag.bench{suite} --list{' --quick' if quick else ''}"
+        f"List them all with: python -m mybag.bench --list{' ' + options if options else ''}"
     )
 
 
@@ -558,7 +566,12 @@ def replot(directory: str, out: str | None = None) -> Written:
     """Redraws speedup.png from ``directory``/results.json without running anything; into
     ``out`` if given, else next to the results."""
     with open(os.path.join(directory, "results.json")) as f:
-        return write_plot(json.load(f), out or directory)
+        r = json.load(f)
+    if r.get("settings", {}).get("suite") == "train":  # python -m mybag.bench --suite train
+        from mybag import bench_training
+
+        return bench_training.write_plot(r, out or directory)
+    return write_plot(r, out or directory)
 
 
 # The plot, speedup.png. Left: one bar per case from 1x to its speed-up on a log axis (right of
@@ -695,8 +708,9 @@ def write_plot(r: dict[str, Any], directory: str,
 EPILOG = """\
 exit status:
   0  every case ran (or --list, --replot succeeded)
-  1  mybag's answer differed from torch's on some case (listed under
-     MISMATCHES, not timed), or --replot could not draw the plot
+  1  mybag's answer (--suite train: its step) differed from torch's on some
+     case (listed under MISMATCHES, not timed), or --replot could not draw
+     the plot
   2  a wrong command line, a --filter that matches no case, --device cuda
      without a GPU, or no results.json for --replot"""
 
@@ -707,8 +721,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
+    add("--suite", choices=("fwd", "train"), default="fwd",
+        help="fwd (default): embedding_bag, forward and forward + backward; train: training "
+        "steps of FusedEmbeddingBag, the optimizer fused into the backward (see above)")
     add("--device", choices=("cpu", "cuda"), default="cpu")
-    add("--quick", action="store_true", help="a ~20-case subset, under a minute")
+    add("--quick", action="store_true",
+        help="a subset: 21 cases under a minute (fwd), 16 in 1-2 minutes (train)")
     add("--filter", metavar="TEXT", help="only the cases whose name contains TEXT (see --list)")
     add("--repeats", type=int, metavar="N", help="timed calls per implementation")
     add("--threads", type=int, metavar="N", help="torch.set_num_threads(N)")
@@ -738,19 +756,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if written.files else 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.suite == "train":
+        from mybag import bench_training as suite
+    else:
+        suite = sys.modules[__name__]
     try:
-        cases = cases_for(args.device, args.quick, args.tiny, args.filter)
+        cases = suite.cases_for(args.device, args.quick, args.tiny, args.filter)
     except (NoCaseError, RuntimeError) as error:
         return fail(str(error))
     if args.list:
         print("\n".join(case.name for case in cases))
         return 0
-    report = benchmark(args.device, args.quick, tiny=args.tiny, filter=args.filter,
-                       repeats=args.repeats, progress=not args.no_progress, on_mismatch="skip")
-    print(format_report(report))
+    report = suite.benchmark(args.device, args.quick, tiny=args.tiny, filter=args.filter,
+                             repeats=args.repeats, progress=not args.no_progress,
+                             on_mismatch="skip")  # fmt: skip
+    print(suite.format_report(report))
     if args.out:
-        report_written(write_outputs(report, args.out))
-    return 1 if report["summary"]["mismatches"] else 0  # fmt: skip
+        report_written(suite.write_outputs(report, args.out))
+    return 1 if report["summary"]["mismatches"] else 0
 
 
 if __name__ == "__main__":
