@@ -16,6 +16,7 @@
 
 #include "mybag/checks.h"
 #include "mybag/internal_ops.h"
+#include "mybag/optimizer_checks.h"
 
 namespace mybag {
 namespace {
@@ -80,10 +81,52 @@ at::Tensor embedding_bag_composite(
                                   scale_grad_by_freq, sparse));
 }
 
+// The fused op: the same checks, promotion and max_norm handling as embedding_bag, then the
+// internal op whose autograd node steps the optimizer in the backward. The optimizer's
+// arguments are checked first, so a step that would fail is refused before anything runs.
+at::Tensor fused_embedding_bag_composite(
+    const at::Tensor& input, const at::Tensor& weight, at::TensorList state,
+    const at::Tensor& step, const std::optional<at::Tensor>& offsets_arg,
+    std::optional<double> max_norm, double norm_type, bool scale_grad_by_freq,
+    c10::string_view mode_name_arg, const std::optional<at::Tensor>& per_sample_weights_arg,
+    bool include_last_offset_arg, std::optional<int64_t> padding_idx,
+    c10::string_view optimizer, double lr, double eps, double beta1, double beta2,
+    double weight_decay, double lr_decay) {
+  check_not_nested("input", input);
+  check_not_nested("weight", weight);
+  if (offsets_arg.has_value()) check_not_nested("offsets", *offsets_arg);
+  if (per_sample_weights_arg.has_value()) {
+    check_not_nested("per_sample_weights", *per_sample_weights_arg);
+  }
+  const Mode mode = parse_mode(std::string_view(mode_name_arg.data(), mode_name_arg.size()));
+  check_fused_optimizer(std::string_view(optimizer.data(), optimizer.size()),
+                        {lr, eps, beta1, beta2, weight_decay, lr_decay}, weight, state, step);
+  const auto offsets = offsets_arg.has_value() && offsets_arg->defined() ? offsets_arg : std::nullopt;
+  const auto per_sample_weights = per_sample_weights_arg.has_value() && per_sample_weights_arg->defined()
+                                      ? per_sample_weights_arg
+                                      : std::nullopt;
+  const bool include_last_offset = input.dim() == 2 ? false : include_last_offset_arg;
+  check_index_dtypes(input, offsets);
+  const auto [indices, bag_offsets] = promoted_indices(input, offsets);
+  if (max_norm.has_value()) {
+    check_forward_args(weight, indices, bag_offsets, per_sample_weights, mode, padding_idx,
+                       include_last_offset, scale_grad_by_freq, /*sparse=*/false);
+    check_max_norm(*max_norm);
+    at::NoGradGuard no_grad;
+    at::Tensor table = weight;
+    ops::renorm_(table, indices, bag_offsets, include_last_offset, *max_norm, norm_type);
+  }
+  return ops::fused_forward(weight, state, step, indices, bag_offsets, per_sample_weights,
+                            static_cast<int64_t>(mode), padding_idx, include_last_offset,
+                            scale_grad_by_freq, optimizer, lr, eps, beta1, beta2, weight_decay,
+                            lr_decay);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mybag, CompositeImplicitAutograd, m) {
   m.impl("embedding_bag", &embedding_bag_composite);
+  m.impl("fused_embedding_bag", &fused_embedding_bag_composite);
 }
 
 }  // namespace mybag

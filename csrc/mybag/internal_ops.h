@@ -84,4 +84,45 @@ inline at::Tensor per_sample_weights_backward(const at::Tensor& grad, const at::
   return op.call(grad, weight, input, offsets, mode, padding_idx, include_last_offset);
 }
 
+inline at::Tensor fused_forward(const at::Tensor& weight, at::TensorList state,
+                                const at::Tensor& step, const at::Tensor& input,
+                                const std::optional<at::Tensor>& offsets,
+                                const std::optional<at::Tensor>& per_sample_weights,
+                                int64_t mode, std::optional<int64_t> padding_idx,
+                                bool include_last_offset, bool scale_grad_by_freq,
+                                c10::string_view optimizer, double lr, double eps, double beta1,
+                                double beta2, double weight_decay, double lr_decay) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mybag::_embedding_bag_fused_forward", "")
+                       .typed<at::Tensor(const at::Tensor&, at::TensorList, const at::Tensor&,
+                                         const at::Tensor&, const std::optional<at::Tensor>&,
+                                         const std::optional<at::Tensor>&, int64_t,
+                                         std::optional<int64_t>, bool, bool, c10::string_view,
+                                         double, double, double, double, double, double)>();
+  return op.call(weight, state, step, input, offsets, per_sample_weights, mode, padding_idx,
+                 include_last_offset, scale_grad_by_freq, optimizer, lr, eps, beta1, beta2,
+                 weight_decay, lr_decay);
+}
+
+inline void fused_update_(at::Tensor& weight, at::TensorList state, at::Tensor& step,
+                          const at::Tensor& grad, const at::Tensor& input,
+                          const std::optional<at::Tensor>& offsets,
+                          const std::optional<at::Tensor>& per_sample_weights,
+                          const at::Tensor& max_indices, int64_t mode,
+                          std::optional<int64_t> padding_idx, bool include_last_offset,
+                          bool scale_grad_by_freq, c10::string_view optimizer, double lr,
+                          double eps, double beta1, double beta2, double weight_decay,
+                          double lr_decay) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mybag::_embedding_bag_fused_update_", "")
+                       .typed<void(at::Tensor&, at::TensorList, at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, const std::optional<at::Tensor>&,
+                                   const std::optional<at::Tensor>&, const at::Tensor&, int64_t,
+                                   std::optional<int64_t>, bool, bool, c10::string_view, double,
+                                   double, double, double, double, double)>();
+  op.call(weight, state, step, grad, input, offsets, per_sample_weights, max_indices, mode,
+          padding_idx, include_last_offset, scale_grad_by_freq, optimizer, lr, eps, beta1, beta2,
+          weight_decay, lr_decay);
+}
+
 }  // namespace mybag::ops

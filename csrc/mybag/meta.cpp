@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "mybag/checks.h"
+#include "mybag/optimizer_checks.h"
 
 namespace mybag {
 namespace {
@@ -65,9 +66,24 @@ at::Tensor per_sample_weights_backward_meta(const at::Tensor& grad, const at::Te
   return at::empty_symint(input.sym_sizes(), grad.options());
 }
 
+void fused_update_meta(at::Tensor& weight, at::TensorList state, at::Tensor& step,
+                       const at::Tensor& grad, const at::Tensor& input,
+                       const std::optional<at::Tensor>& offsets,
+                       const std::optional<at::Tensor>& per_sample_weights,
+                       const at::Tensor& /*max_indices*/, int64_t mode_value,
+                       std::optional<int64_t> padding_idx, bool include_last_offset,
+                       bool scale_grad_by_freq, c10::string_view optimizer, double lr, double eps,
+                       double beta1, double beta2, double weight_decay, double lr_decay) {
+  const Hyperparameters h{lr, eps, beta1, beta2, weight_decay, lr_decay};
+  check_fused_update_args(parse_optimizer(std::string_view(optimizer.data(), optimizer.size())), h,
+                          weight, state, step, grad, input, offsets, per_sample_weights,
+                          mode_value, padding_idx, include_last_offset, scale_grad_by_freq);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mybag, Meta, m) {
+  m.impl("_embedding_bag_fused_update_", &fused_update_meta);
   m.impl("_embedding_bag_renorm_", &renorm_meta);
   m.impl("_embedding_bag_forward", &forward_meta);
   m.impl("_embedding_bag_dense_backward", &dense_backward_meta);

@@ -51,6 +51,37 @@ TORCH_LIBRARY(mybag, m) {
       "_embedding_bag_per_sample_weights_backward(Tensor grad, Tensor weight, Tensor input, "
       "Tensor? offsets, int mode, int? padding_idx, bool include_last_offset) -> Tensor");
 
+  // The embedding bag whose backward updates weight with an optimizer instead of returning its
+  // gradient (mybag/optimizers.h). This op only computes the bags; its autograd node calls
+  // _embedding_bag_fused_update_ in the backward, which writes weight, state and step.
+  // state: [] for sgd, [sum] for adagrad (E, D) and rowwise_adagrad (E,), [exp_avg,
+  // exp_avg_sq] for adam; step: int64 0-dim, the number of updates so far.
+  m.def(
+      "fused_embedding_bag(Tensor input, Tensor weight, Tensor[] state, Tensor step, "
+      "Tensor? offsets=None, float? max_norm=None, float norm_type=2.0, "
+      "bool scale_grad_by_freq=False, str mode=\"mean\", Tensor? per_sample_weights=None, "
+      "bool include_last_offset=False, int? padding_idx=None, str optimizer=\"sgd\", "
+      "float lr=0.001, float eps=1e-10, float beta1=0.9, float beta2=0.999, "
+      "float weight_decay=0., float lr_decay=0.) -> Tensor");
+
+  // The internal op that carries the fused backward (autograd.cpp), with the conventions of
+  // _embedding_bag_forward.
+  m.def(
+      "_embedding_bag_fused_forward(Tensor weight, Tensor[] state, Tensor step, Tensor input, "
+      "Tensor? offsets, Tensor? per_sample_weights, int mode, int? padding_idx, "
+      "bool include_last_offset, bool scale_grad_by_freq, str optimizer, float lr, float eps, "
+      "float beta1, float beta2, float weight_decay, float lr_decay) -> Tensor");
+
+  // One optimizer step for the rows named by input: each touched row's whole gradient (as
+  // _embedding_bag_dense_backward would give it) is formed and applied in one pass, never
+  // materialized as a table. Increments step. Checks everything before it writes anything.
+  m.def(
+      "_embedding_bag_fused_update_(Tensor(a!) weight, Tensor(b!)[] state, Tensor(c!) step, "
+      "Tensor grad, Tensor input, Tensor? offsets, Tensor? per_sample_weights, "
+      "Tensor max_indices, int mode, int? padding_idx, bool include_last_offset, "
+      "bool scale_grad_by_freq, str optimizer, float lr, float eps, float beta1, float beta2, "
+      "float weight_decay, float lr_decay) -> ()");
+
   // The switch for the CUDA kernels' value checks (mybag/cuda_value_checks.h): turns them on
   // or off and returns the previous setting; and reads it.
   m.def("_set_cuda_value_checks(bool enabled) -> bool");

@@ -9,6 +9,7 @@ from mybag._library import library_path, load_library
 load_library()
 
 from mybag.functional import embedding_bag  # noqa: E402
+from mybag.fused import FusedEmbeddingBag, fused_embedding_bag  # noqa: E402
 from mybag.modules import EmbeddingBag, swap_embedding_bags  # noqa: E402
 from mybag.value_checks import (  # noqa: E402
     cuda_value_checks,
@@ -18,9 +19,11 @@ from mybag.value_checks import (  # noqa: E402
 
 __all__ = [
     "EmbeddingBag",
+    "FusedEmbeddingBag",
     "cuda_value_checks",
     "cuda_value_checks_enabled",
     "embedding_bag",
+    "fused_embedding_bag",
     "library_path",
     "set_cuda_value_checks",
     "swap_embedding_bags",

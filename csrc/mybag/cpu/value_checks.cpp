@@ -139,4 +139,15 @@ void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>
   check_offset_values(input, offsets);
 }
 
+void check_max_index_values(const at::Tensor& max_indices, int64_t bags, int64_t dim,
+                            int64_t num_weights, const at::Tensor& grad) {
+  check_max_indices_shape(max_indices, bags, dim, grad);
+  const int64_t* winners = max_indices.const_data_ptr<int64_t>();
+  for (int64_t k = 0; k < max_indices.numel(); ++k) {
+    if (winners[k] < -1 || winners[k] >= num_weights) {
+      fail_max_index_out_of_range(winners[k], num_weights);
+    }
+  }
+}
+
 }  // namespace mybag::cpu

@@ -17,4 +17,9 @@ void check_index_values(const at::Tensor& input, const std::optional<at::Tensor>
 // The offsets part alone, for kernels that check each index as they read it.
 void check_offset_values(const at::Tensor& input, const std::optional<at::Tensor>& offsets);
 
+// max mode's backward: max_indices (contiguous) has to be (bags, dim) int64 and name rows of
+// the table or -1 (an empty bag).
+void check_max_index_values(const at::Tensor& max_indices, int64_t bags, int64_t dim,
+                            int64_t num_weights, const at::Tensor& grad);
+
 }  // namespace mybag::cpu

@@ -1,7 +1,7 @@
 // CPU dense weight gradient, deterministic and free of races without atomics (as
 // cuda/weight_grad.cu, with the same grouping by row: mybag/row_groups.h).
 // - sum and mean: entries are grouped by row (a stable sort), and each group is reduced by one
-//   task in input order, in float (or double), then stored once;
+//   task in input order, in float (or double), then stored once (cpu/row_gradients.h);
 // - max: tasks own disjoint column ranges and walk the bags in order.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -17,8 +17,7 @@
 #include "mybag/kernel_inputs.h"
 #include "mybag/reductions.h"
 #include "mybag/row_groups.h"
-#include "mybag/cpu/entries.h"
-#include "mybag/cpu/rows.h"
+#include "mybag/cpu/row_gradients.h"
 #include "mybag/cpu/value_checks.h"
 
 namespace mybag::cpu {
@@ -28,37 +27,14 @@ template <typename scalar_t, typename index_t>
 void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad_tensor,
                           bool scale_grad_by_freq, at::Tensor& grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto layout = make_layout<index_t>(in.input, in.offsets, in.include_last_offset);
-  const auto bag_of = bag_of_entries(layout);
-  const EntryScales<scalar_t, index_t> scales(in, layout);
-  const auto& entry_scale = scales.scale;
-  const RowGroups groups = group_by_row(in.input.view({-1}));
-  const int64_t* order = groups.order.const_data_ptr<int64_t>();
-  const index_t* sorted_rows = groups.sorted_rows.const_data_ptr<index_t>();
-  const int64_t* starts = groups.starts.const_data_ptr<int64_t>();
-  const scalar_t* grad = grad_tensor.const_data_ptr<scalar_t>();
   scalar_t* out = grad_weight.mutable_data_ptr<scalar_t>();
   const int64_t dim = in.dim;
-
-  at::parallel_for(0, groups.count, 16, [&](int64_t first, int64_t last) {
-    std::vector<acc_t> acc(dim);
-    for (int64_t g = first; g < last; ++g) {
-      const int64_t begin = starts[g];
-      const int64_t end = starts[g + 1];
-      const int64_t row = sorted_rows[begin];
-      if (row == in.padding_row) continue;
-      const int64_t frequency = scale_grad_by_freq ? end - begin : 0;
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t k = begin; k < end; ++k) {
-        const int64_t entry = order[k];
-        const int64_t bag = bag_of[entry];
-        if (bag < 0) continue;
-        add_scaled_row(acc.data(), grad + bag * dim, 1, dim, entry_scale(entry, bag, frequency));
-      }
-      scalar_t* out_row = out + row * dim;
-      for (int64_t d = 0; d < dim; ++d) out_row[d] = static_cast<scalar_t>(acc[d]);
-    }
-  });
+  for_each_row_gradient<scalar_t, index_t>(
+      in, grad_tensor, scale_grad_by_freq, group_by_row(in.input.view({-1})),
+      [&](int64_t row, const acc_t* gradient) {
+        scalar_t* out_row = out + row * dim;
+        for (int64_t d = 0; d < dim; ++d) out_row[d] = static_cast<scalar_t>(gradient[d]);
+      });
 }
 
 template <typename scalar_t>
@@ -91,17 +67,6 @@ void max_weight_grad(const KernelInputs& in, const at::Tensor& grad_tensor,
   }
 }
 
-void check_max_indices(const at::Tensor& max_indices, int64_t bags, int64_t dim,
-                       int64_t num_weights, const at::Tensor& grad) {
-  check_max_indices_shape(max_indices, bags, dim, grad);
-  const int64_t* winners = max_indices.const_data_ptr<int64_t>();
-  for (int64_t k = 0; k < max_indices.numel(); ++k) {
-    if (winners[k] < -1 || winners[k] >= num_weights) {
-      fail_max_index_out_of_range(winners[k], num_weights);
-    }
-  }
-}
-
 at::Tensor dense_backward(const at::Tensor& grad, const at::Tensor& input,
                           const std::optional<at::Tensor>& offsets,
                           const std::optional<at::Tensor>& per_sample_weights,
@@ -120,7 +85,7 @@ at::Tensor dense_backward(const at::Tensor& grad, const at::Tensor& input,
   }
   if (mode == Mode::Max) {
     const auto winners = max_indices.contiguous();
-    check_max_indices(winners, in.num_bags, in.dim, num_weights, grad);
+    check_max_index_values(winners, in.num_bags, in.dim, num_weights, grad);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                     "mybag_embedding_bag_max_backward_cpu",
                                     [&] { max_weight_grad<scalar_t>(in, flat_grad, winners, grad_weight); });

@@ -1,0 +1,102 @@
+// Every touched row's whole gradient, one row at a time: what the dense weight gradient stores
+// and what the fused optimizers apply (weight_grad.cpp, fused_update.cpp). The rows are the
+// groups of mybag/row_groups.h (the distinct rows of input, ascending); each group is handled by
+// one task, so the result does not depend on the thread count.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "mybag/kernel_inputs.h"
+#include "mybag/row_groups.h"
+#include "mybag/cpu/entries.h"
+#include "mybag/cpu/rows.h"
+
+namespace mybag::cpu {
+
+// Groups per task of at::parallel_for: enough rows to amortize a task.
+constexpr int64_t kRowGroupGrain = 16;
+
+// sum and mean: for each group but padding's, sums the entries' scaled bag gradients in input
+// order into an acc_t row and calls visit(row, const acc_t* gradient). Empty-bag tails (entries
+// in no bag) add nothing.
+template <typename scalar_t, typename index_t, typename Visit>
+void for_each_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor,
+                           bool scale_grad_by_freq, const RowGroups& groups, const Visit& visit) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto layout = make_layout<index_t>(in.input, in.offsets, in.include_last_offset);
+  const auto bag_of = bag_of_entries(layout);
+  const EntryScales<scalar_t, index_t> scales(in, layout);
+  const auto& entry_scale = scales.scale;
+  const int64_t* order = groups.order.const_data_ptr<int64_t>();
+  const index_t* sorted_rows = groups.sorted_rows.const_data_ptr<index_t>();
+  const int64_t* starts = groups.starts.const_data_ptr<int64_t>();
+  const scalar_t* grad = grad_tensor.const_data_ptr<scalar_t>();
+  const int64_t dim = in.dim;
+
+  at::parallel_for(0, groups.count, kRowGroupGrain, [&](int64_t first, int64_t last) {
+    std::vector<acc_t> acc(dim);
+    for (int64_t g = first; g < last; ++g) {
+      const int64_t begin = starts[g];
+      const int64_t end = starts[g + 1];
+      const int64_t row = sorted_rows[begin];
+      if (row == in.padding_row) continue;
+      const int64_t frequency = scale_grad_by_freq ? end - begin : 0;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t entry = order[k];
+        const int64_t bag = bag_of[entry];
+        if (bag < 0) continue;
+        add_scaled_row(acc.data(), grad + bag * dim, 1, dim, entry_scale(entry, bag, frequency));
+      }
+      visit(row, static_cast<const acc_t*>(acc.data()));
+    }
+  });
+}
+
+// max: the gradient of (bag, feature) goes to its winning row (max_indices, -1 for an empty
+// bag). The touched rows' gradients are gathered into a (groups, D) acc_t table, tasks owning
+// disjoint column ranges and walking the bags in order, then visited like the sum's.
+template <typename scalar_t, typename index_t, typename Visit>
+void for_each_max_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor,
+                               const at::Tensor& max_indices, const RowGroups& groups,
+                               const Visit& visit) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t dim = in.dim;
+  const int64_t bags = in.num_bags;
+  const index_t* sorted_rows = groups.sorted_rows.const_data_ptr<index_t>();
+  const int64_t* starts = groups.starts.const_data_ptr<int64_t>();
+  std::vector<index_t> group_rows(groups.count);
+  for (int64_t g = 0; g < groups.count; ++g) group_rows[g] = sorted_rows[starts[g]];
+  std::vector<acc_t> table(groups.count * dim, acc_t(0));
+  const int64_t* winners = max_indices.const_data_ptr<int64_t>();
+  const scalar_t* grad = grad_tensor.const_data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, bags));
+  at::parallel_for(0, dim, grain, [&](int64_t first, int64_t last) {
+    for (int64_t bag = 0; bag < bags; ++bag) {
+      for (int64_t d = first; d < last; ++d) {
+        const int64_t row = winners[bag * dim + d];
+        if (row < 0) continue;
+        // A winner is an entry of its bag, so its row is one of the groups.
+        const int64_t g =
+            std::lower_bound(group_rows.begin(), group_rows.end(), static_cast<index_t>(row)) -
+            group_rows.begin();
+        table[g * dim + d] += static_cast<acc_t>(grad[bag * dim + d]);
+      }
+    }
+  });
+  at::parallel_for(0, groups.count, kRowGroupGrain, [&](int64_t first, int64_t last) {
+    for (int64_t g = first; g < last; ++g) {
+      const int64_t row = group_rows[g];
+      if (row == in.padding_row) continue;
+      visit(row, static_cast<const acc_t*>(table.data() + g * dim));
+    }
+  });
+}
+
+}  // namespace mybag::cpu
