@@ -13,7 +13,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #include <string>
@@ -160,16 +160,44 @@ at::Tensor fused_forward_composite(const at::Tensor& weight, at::TensorList stat
                                   include_last_offset, scale_grad_by_freq, /*sparse=*/false));
 }
 
+// The update op's autograd kernel. The op is not differentiable (it is the backward), and it
+// writes weight, state and step but returns nothing, so torch's stock fallbacks would neither
+// refuse a differentiable call nor bump the version counters (they bump mutated outputs only).
+// This kernel does both: the counters of what it wrote go up, so that every saved tensor or
+// fused node that read them before the step notices it.
+void fused_update_autograd(at::Tensor& weight, at::TensorList state, at::Tensor& step,
+                           const at::Tensor& grad, const at::Tensor& input,
+                           const std::optional<at::Tensor>& offsets,
+                           const std::optional<at::Tensor>& per_sample_weights,
+                           const at::Tensor& max_indices, int64_t mode,
+                           std::optional<int64_t> padding_idx, bool include_last_offset,
+                           bool scale_grad_by_freq, c10::string_view optimizer, double lr,
+                           double eps, double beta1, double beta2, double weight_decay,
+                           double lr_decay) {
+  if (at::GradMode::is_enabled()) {
+    bool differentiable = weight.requires_grad() || grad.requires_grad() ||
+                          (per_sample_weights.has_value() && per_sample_weights->requires_grad());
+    for (const at::Tensor& s : state) differentiable = differentiable || s.requires_grad();
+    TORCH_CHECK(!differentiable,
+                "the derivative for mybag::_embedding_bag_fused_update_ is not implemented: it "
+                "is the fused backward itself; call it under torch.no_grad()");
+  }
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    ops::fused_update_(weight, state, step, grad, input, offsets, per_sample_weights, max_indices,
+                       mode, padding_idx, include_last_offset, scale_grad_by_freq, optimizer, lr,
+                       eps, beta1, beta2, weight_decay, lr_decay);
+  }
+  torch::autograd::impl::bump_version(weight);
+  for (const at::Tensor& s : state) torch::autograd::impl::bump_version(s);
+  torch::autograd::impl::bump_version(step);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mybag, Autograd, m) {
   m.impl("_embedding_bag_fused_forward", &fused_forward_autograd);
-  m.impl("_embedding_bag_fused_update_", torch::autograd::autogradNotImplementedFallback());
-}
-
-TORCH_LIBRARY_IMPL(mybag, ADInplaceOrView, m) {
-  m.impl("_embedding_bag_fused_update_",
-         torch::autograd::autogradNotImplementedInplaceOrViewFallback());
+  m.impl("_embedding_bag_fused_update_", &fused_update_autograd);
 }
 
 TORCH_LIBRARY_IMPL(mybag, CompositeExplicitAutograd, m) {

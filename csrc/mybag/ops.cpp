@@ -72,13 +72,14 @@ TORCH_LIBRARY(mybag, m) {
       "bool include_last_offset, bool scale_grad_by_freq, str optimizer, float lr, float eps, "
       "float beta1, float beta2, float weight_decay, float lr_decay) -> Tensor");
 
-  // One optimizer step for the rows named by input: each touched row's whole gradient (as
+  // One optimizer step for the rows named by input (bag_mode is the mode's number; not "mode",
+  // which torch.compile's functionalization of mutable ops takes for a keyword of its own): each touched row's whole gradient (as
   // _embedding_bag_dense_backward would give it) is formed and applied in one pass, never
   // materialized as a table. Increments step. Checks everything before it writes anything.
   m.def(
       "_embedding_bag_fused_update_(Tensor(a!) weight, Tensor(b!)[] state, Tensor(c!) step, "
       "Tensor grad, Tensor input, Tensor? offsets, Tensor? per_sample_weights, "
-      "Tensor max_indices, int mode, int? padding_idx, bool include_last_offset, "
+      "Tensor max_indices, int bag_mode, int? padding_idx, bool include_last_offset, "
       "bool scale_grad_by_freq, str optimizer, float lr, float eps, float beta1, float beta2, "
       "float weight_decay, float lr_decay) -> ()");
 

@@ -1,5 +1,5 @@
 // The fused optimizers' arithmetic, written once for the CPU and CUDA kernels of
-// _embedding_bag_fused_update_ (docs/spec.md, "Fused optimizers").
+// _embedding_bag_fused_update_ (docs/spec.md §8).
 //
 // A touched row r gets its whole gradient g_r of the batch (all its entries summed, as the dense
 // backward defines it); with weight_decay, g_r += weight_decay * w_r first (L2, applied lazily:

@@ -3,7 +3,7 @@ applies the optimizer to the rows the batch touched, in the same pass that forms
 gradients, so the table's gradient is never built and no torch optimizer steps the table.
 
 The optimizers (``"sgd"``, ``"adagrad"``, ``"rowwise_adagrad"``, ``"adam"``) and their exact
-arithmetic are described in ``docs/spec.md`` ("Fused optimizers"); the operator is
+arithmetic are the contract of docs/spec.md §8; the operator is
 ``torch.ops.mybag.fused_embedding_bag``.
 """
 

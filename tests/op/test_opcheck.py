@@ -18,6 +18,10 @@ INTERNAL_OPS = [
     "_embedding_bag_per_entry_grad",
     "_embedding_bag_per_sample_weights_backward",
 ]
+# The ops with a kernel per device (and a Meta kernel): the internal ops above and the fused
+# optimizers' update (its own opcheck tests are in test_fused_opcheck.py). The fused forward
+# is CompositeExplicitAutograd: below autograd it is the plain forward.
+DEVICE_KERNEL_OPS = INTERNAL_OPS + ["_embedding_bag_fused_update_"]
 MODES = {"sum": 0, "mean": 1, "max": 2}
 NUM_EMBEDDINGS = 12
 DIM = 5
@@ -277,7 +281,7 @@ def _registered(key):
 
 
 def test_cpu_kernels_are_exactly_the_internal_ops():
-    assert _registered("CPU") == {f"mybag::{name}" for name in INTERNAL_OPS}
+    assert _registered("CPU") == {f"mybag::{name}" for name in DEVICE_KERNEL_OPS}
 
 
 @pytest.mark.skipif(torch.version.cuda is None, reason="torch without CUDA cannot hold CUDA kernels")
@@ -288,7 +292,15 @@ def test_every_op_with_a_cpu_kernel_has_a_cuda_kernel():
 
 
 def test_meta_kernels_are_exactly_the_internal_ops():
-    assert _registered("Meta") == {f"mybag::{name}" for name in INTERNAL_OPS}
+    assert _registered("Meta") == {f"mybag::{name}" for name in DEVICE_KERNEL_OPS}
+
+
+def test_fused_ops_registrations():
+    assert "mybag::fused_embedding_bag" in _registered("CompositeImplicitAutograd")
+    assert "mybag::_embedding_bag_fused_forward" in _registered("CompositeExplicitAutograd")
+    # Its autograd node is what steps the optimizer, from Python, TorchScript and C++ alike.
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("mybag::_embedding_bag_fused_forward",
+                                                          "Autograd")
 
 
 def test_public_op_is_composite_implicit_autograd():
@@ -315,7 +327,10 @@ def test_every_schema_is_as_documented():
     renorm = ops._embedding_bag_renorm_.default._schema
     assert renorm.arguments[0].alias_info is not None and renorm.arguments[0].alias_info.is_write
     assert len(renorm.returns) == 0
-    for name in INTERNAL_OPS[1:]:
+    update = ops._embedding_bag_fused_update_.default._schema
+    written = [a.name for a in update.arguments if a.alias_info is not None and a.alias_info.is_write]
+    assert written == ["weight", "state", "step"] and len(update.returns) == 0
+    for name in INTERNAL_OPS[1:] + ["fused_embedding_bag", "_embedding_bag_fused_forward"]:
         schema = getattr(ops, name).default._schema
         assert not any(a.alias_info is not None and a.alias_info.is_write
                        for a in schema.arguments), f"{name} must not mutate its arguments"

@@ -47,6 +47,15 @@ C10_ALWAYS_INLINE void prefetch_lines_outer(const char* address, int64_t bytes) 
   }
 }
 
+// The same for memory about to be written (the backward's rows and optimizer state): requested
+// with intent to write, into every level.
+C10_ALWAYS_INLINE void prefetch_lines_for_write(const void* start, int64_t bytes) {
+  const char* address = static_cast<const char*>(start);
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(address + offset, /*rw=*/1, /*locality=*/3);
+  }
+}
+
 // A bag's entries as the kernels read them: the fields their row loops need, copied out of
 // ForwardArgs, one indirection closer to the loops. Held by reference (passed by value, the
 // copies waited behind the previous bag's output stores, which costs most on bags of one row).

@@ -33,8 +33,11 @@ struct Tables {
 // Applies one step to row `row` given its gradient. The loops are written element by element
 // so the compiler vectorizes them (square roots included: the build passes -fno-math-errno).
 template <Optimizer kind, typename scalar_t, typename acc_t>
-void update_row(const Tables<scalar_t, acc_t>& t, const StepFactors<acc_t>& f, int64_t row,
+void update_row(const Tables<scalar_t, acc_t>& t, const StepFactors<acc_t>& factors, int64_t row,
                 const acc_t* __restrict__ g) {
+  // A local copy: the rows written below could alias `factors` as far as the compiler knows,
+  // and reloading it every element keeps the loops from vectorizing.
+  const StepFactors<acc_t> f = factors;
   const int64_t dim = t.dim;
   scalar_t* __restrict__ w = t.weight + row * dim;
   if constexpr (kind == Optimizer::Sgd) {
@@ -76,19 +79,47 @@ void update_row(const Tables<scalar_t, acc_t>& t, const StepFactors<acc_t>& f, i
   }
 }
 
+// The sink of cpu/row_gradients.h that steps each row it receives; it prefetches the row and
+// its state for writing.
+template <Optimizer kind, typename scalar_t>
+struct StepRows {
+  using acc_t = at::opmath_type<scalar_t>;
+  Tables<scalar_t, acc_t> tables;
+  StepFactors<acc_t> factors;
+
+  static constexpr int64_t kStateRowsPerElement =
+      kind == Optimizer::Adam ? 2 : kind == Optimizer::Adagrad ? 1 : 0;
+
+  int64_t row_bytes() const {
+    return tables.dim * static_cast<int64_t>(sizeof(scalar_t) + kStateRowsPerElement * sizeof(acc_t));
+  }
+  void prefetch(int64_t row) const {
+    const int64_t dim = tables.dim;
+    prefetch_lines_for_write(tables.weight + row * dim, dim * static_cast<int64_t>(sizeof(scalar_t)));
+    if constexpr (kind == Optimizer::RowwiseAdagrad) {
+      prefetch_lines_for_write(tables.state0 + row, sizeof(acc_t));
+    } else if constexpr (kStateRowsPerElement > 0) {
+      prefetch_lines_for_write(tables.state0 + row * dim, dim * static_cast<int64_t>(sizeof(acc_t)));
+      if constexpr (kStateRowsPerElement > 1) {
+        prefetch_lines_for_write(tables.state1 + row * dim, dim * static_cast<int64_t>(sizeof(acc_t)));
+      }
+    }
+  }
+  void operator()(int64_t row, const acc_t* gradient) const {
+    update_row<kind>(tables, factors, row, gradient);
+  }
+};
+
 template <Optimizer kind, typename scalar_t, typename index_t>
 void fused_step(const KernelInputs& in, const at::Tensor& grad, const at::Tensor& max_indices,
                 bool scale_grad_by_freq, const Tables<scalar_t, at::opmath_type<scalar_t>>& t,
                 const StepFactors<at::opmath_type<scalar_t>>& f) {
-  using acc_t = at::opmath_type<scalar_t>;
   const RowGroups groups = group_by_row(in.input.view({-1}));
-  const auto visit = [&](int64_t row, const acc_t* gradient) {
-    update_row<kind>(t, f, row, gradient);
-  };
+  const StepRows<kind, scalar_t> sink{t, f};
   if (in.mode == Mode::Max) {
-    for_each_max_row_gradient<scalar_t, index_t>(in, grad, max_indices, groups, visit);
+    for_each_max_row_gradient<scalar_t, index_t>(in, grad, max_indices, groups, sink);
   } else {
-    for_each_row_gradient<scalar_t, index_t>(in, grad, scale_grad_by_freq, groups, visit);
+    for_each_row_gradient<scalar_t, index_t>(in, grad, scale_grad_by_freq, groups, sink);
   }
 }
 

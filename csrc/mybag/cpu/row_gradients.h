@@ -14,6 +14,7 @@
 
 #include "mybag/kernel_inputs.h"
 #include "mybag/row_groups.h"
+#include "mybag/cpu/bag_range.h"
 #include "mybag/cpu/entries.h"
 #include "mybag/cpu/rows.h"
 
@@ -22,12 +23,18 @@ namespace mybag::cpu {
 // Groups per task of at::parallel_for: enough rows to amortize a task.
 constexpr int64_t kRowGroupGrain = 16;
 
+// A Sink receives the rows' gradients: sink(row, const acc_t* gradient), once per touched row,
+// and sink.prefetch(row), some rows ahead, to request the memory it will write for that row.
+// The rows of a large table are far apart even in ascending order, so without the requests
+// ahead every row would wait for memory (the forward's reasoning, cpu/bag_range.h), and
+// sink.row_bytes() says how many bytes a row costs it, for the distance.
+
 // sum and mean: for each group but padding's, sums the entries' scaled bag gradients in input
-// order into an acc_t row and calls visit(row, const acc_t* gradient). Empty-bag tails (entries
+// order into an acc_t row and hands it to the sink. Empty-bag tails (entries
 // in no bag) add nothing.
-template <typename scalar_t, typename index_t, typename Visit>
+template <typename scalar_t, typename index_t, typename Sink>
 void for_each_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor,
-                           bool scale_grad_by_freq, const RowGroups& groups, const Visit& visit) {
+                           bool scale_grad_by_freq, const RowGroups& groups, const Sink& sink) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto layout = make_layout<index_t>(in.input, in.offsets, in.include_last_offset);
   const auto bag_of = bag_of_entries(layout);
@@ -39,9 +46,18 @@ void for_each_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor
   const scalar_t* grad = grad_tensor.const_data_ptr<scalar_t>();
   const int64_t dim = in.dim;
 
+  const int64_t distance = prefetch_distance(sink.row_bytes());
   at::parallel_for(0, groups.count, kRowGroupGrain, [&](int64_t first, int64_t last) {
     std::vector<acc_t> acc(dim);
     for (int64_t g = first; g < last; ++g) {
+      if (g + distance < last) {
+        // The row ahead, and the bag gradient its first entry adds.
+        const int64_t ahead = starts[g + distance];
+        sink.prefetch(sorted_rows[ahead]);
+        const int64_t bag = bag_of[order[ahead]];
+        if (bag >= 0) prefetch_lines_outer(reinterpret_cast<const char*>(grad + bag * dim),
+                                           dim * static_cast<int64_t>(sizeof(scalar_t)));
+      }
       const int64_t begin = starts[g];
       const int64_t end = starts[g + 1];
       const int64_t row = sorted_rows[begin];
@@ -54,18 +70,18 @@ void for_each_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor
         if (bag < 0) continue;
         add_scaled_row(acc.data(), grad + bag * dim, 1, dim, entry_scale(entry, bag, frequency));
       }
-      visit(row, static_cast<const acc_t*>(acc.data()));
+      sink(row, static_cast<const acc_t*>(acc.data()));
     }
   });
 }
 
 // max: the gradient of (bag, feature) goes to its winning row (max_indices, -1 for an empty
 // bag). The touched rows' gradients are gathered into a (groups, D) acc_t table, tasks owning
-// disjoint column ranges and walking the bags in order, then visited like the sum's.
-template <typename scalar_t, typename index_t, typename Visit>
+// disjoint column ranges and walking the bags in order, then handed to the sink like the sum's.
+template <typename scalar_t, typename index_t, typename Sink>
 void for_each_max_row_gradient(const KernelInputs& in, const at::Tensor& grad_tensor,
                                const at::Tensor& max_indices, const RowGroups& groups,
-                               const Visit& visit) {
+                               const Sink& sink) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t dim = in.dim;
   const int64_t bags = in.num_bags;
@@ -90,11 +106,13 @@ void for_each_max_row_gradient(const KernelInputs& in, const at::Tensor& grad_te
       }
     }
   });
+  const int64_t distance = prefetch_distance(sink.row_bytes());
   at::parallel_for(0, groups.count, kRowGroupGrain, [&](int64_t first, int64_t last) {
     for (int64_t g = first; g < last; ++g) {
+      if (g + distance < last) sink.prefetch(group_rows[g + distance]);
       const int64_t row = group_rows[g];
       if (row == in.padding_row) continue;
-      visit(row, static_cast<const acc_t*>(table.data() + g * dim));
+      sink(row, static_cast<const acc_t*>(table.data() + g * dim));
     }
   });
 }

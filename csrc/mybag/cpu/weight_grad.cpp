@@ -23,18 +23,26 @@
 namespace mybag::cpu {
 namespace {
 
+// Stores each row's gradient into the dense gradient table.
+template <typename scalar_t>
+struct StoreRows {
+  scalar_t* out;
+  int64_t dim;
+
+  int64_t row_bytes() const { return dim * static_cast<int64_t>(sizeof(scalar_t)); }
+  void prefetch(int64_t row) const { prefetch_lines_for_write(out + row * dim, row_bytes()); }
+  void operator()(int64_t row, const at::opmath_type<scalar_t>* gradient) const {
+    scalar_t* out_row = out + row * dim;
+    for (int64_t d = 0; d < dim; ++d) out_row[d] = static_cast<scalar_t>(gradient[d]);
+  }
+};
+
 template <typename scalar_t, typename index_t>
 void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad_tensor,
                           bool scale_grad_by_freq, at::Tensor& grad_weight) {
-  using acc_t = at::opmath_type<scalar_t>;
-  scalar_t* out = grad_weight.mutable_data_ptr<scalar_t>();
-  const int64_t dim = in.dim;
   for_each_row_gradient<scalar_t, index_t>(
       in, grad_tensor, scale_grad_by_freq, group_by_row(in.input.view({-1})),
-      [&](int64_t row, const acc_t* gradient) {
-        scalar_t* out_row = out + row * dim;
-        for (int64_t d = 0; d < dim; ++d) out_row[d] = static_cast<scalar_t>(gradient[d]);
-      });
+      StoreRows<scalar_t>{grad_weight.mutable_data_ptr<scalar_t>(), in.dim});
 }
 
 template <typename scalar_t>
