@@ -5,7 +5,14 @@ mybag gives torch's answer; only then are the two timed, call by call in
 turn, and their median times compared. It prints one line per case (times,
 speed-up = torch time / mybag time, bandwidths) and a summary. From Python,
 mybag.bench.run(quick=True) returns one dict per case and
-mybag.bench.benchmark(quick=True) the whole report. See docs/benchmarks.md."""
+mybag.bench.benchmark(quick=True) the whole report.
+
+--suite train times training steps instead (forward, backward, optimizer
+update: sgd, adagrad, rowwise_adagrad, adam) of mybag.FusedEmbeddingBag, whose
+update is fused into the backward, against torch's sparse and dense modules
+with torch.optim and, when fbgemm_gpu imports, FBGEMM's fused CPU step; each
+case first checks one fused step against torch's (mybag.bench_training).
+See docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -75,11 +82,15 @@ class Case:
 
     @property
     def name(self) -> str:
-        units = [(f"{self.rows // n}{u}", n) for u, n in (("M", 10**6), ("k", 10**3))]
-        rows = next((s for s, n in units if self.rows >= n and self.rows % n == 0), str(self.rows))
         extras = (" pad" if self.padding else "") + (" psw" if self.per_sample_weights else "")
-        return (f"{self.pass_} {self.mode} {self.dtype} {rows} x{self.dim} L{self.bag_size} "
-                f"{self.dist}{extras}")  # fmt: skip
+        return (f"{self.pass_} {self.mode} {self.dtype} {rows_label(self.rows)} x{self.dim} "
+                f"L{self.bag_size} {self.dist}{extras}")  # fmt: skip
+
+
+def rows_label(rows: int) -> str:
+    """A table's row count as case names write it: 1000000 -> "1M", 10000 -> "10k"."""
+    units = [(f"{rows // n}{u}", n) for u, n in (("M", 10**6), ("k", 10**3))]
+    return next((s for s, n in units if rows >= n and rows % n == 0), str(rows))
 
 
 def grid(size: str = "full") -> list[Case]:
@@ -166,15 +177,23 @@ def cases_for(device: str = "cpu", quick: bool = False, tiny: bool = False,
     every = select(grid("tiny" if tiny else "quick" if quick else "full"), None, device)
     cases = select(every, filter, device)
     if not cases:
-        examples = "".join(f"\n  {c.name}" for c in every[:4])
-        raise NoCaseError(
-            f"no case name contains {filter!r} ({len(every)} cases in the "
-            f"{'--quick grid' if quick else 'grid'} on {device}).\n"
-            "--filter keeps the cases whose name contains the text exactly (case-sensitive).\n"
-            f"Case names look like:{examples}\n"
-            f"List them all with: python -m mybag.bench --list{' --quick' if quick else ''}"
-        )
+        raise no_case_error(filter, [c.name for c in every], quick, device)
     return cases
+
+
+def no_case_error(filter: str | None, names: list[str], quick: bool, device: str,
+                  suite: str = "") -> NoCaseError:  # fmt: skip
+    """The error for a ``filter`` that matches none of ``names``, with examples and a hint to
+    ``--list``; ``suite`` is the option that picks the grid, if any ("--suite train")."""
+    options = " ".join(o for o in (suite, "--quick" if quick else "") if o)
+    examples = "".join(f"\n  {name}" for name in names[:4])
+    return NoCaseError(
+        f"no case name contains {filter!r} ({len(names)} cases in the "
+        f"{options + ' ' if options else ''}grid on {device}).\n"
+        "--filter keeps the cases whose name contains the text exactly (case-sensitive).\n"
+        f"Case names look like:{examples}\n"
+        f"List them all with: python -m mybag.bench --list{' ' + options if options else ''}"
+    )
 
 
 @dataclasses.dataclass
@@ -255,16 +274,16 @@ def case_bytes(case: Case, x: Inputs) -> int:
 
 
 def interleave(calls: dict[str, Callable[[], object]], device: str, repeats: int,
-               budget_s: float = math.inf,
-               before: Callable[[], None] = lambda: None) -> dict[str, list[float]]:  # fmt: skip
+               budget_s: float = math.inf, before: Callable[[], None] = lambda: None,
+               warmup: int = 2) -> dict[str, list[float]]:  # fmt: skip
     """Seconds per call of each of ``calls``, timed in turn, call by call, reversing the order
-    every round, after two warm-up rounds. Other programs share the machine, so absolute times
-    drift; this exposes every call to the same drift, so that ratios of medians hold even when
-    the times do not. ``before`` runs untimed before every call. Past ``budget_s`` the loop
+    every round, after ``warmup`` warm-up rounds. Other programs share the machine, so absolute
+    times drift; this exposes every call to the same drift, so that ratios of medians hold even
+    when the times do not. ``before`` runs untimed before every call. Past ``budget_s`` the loop
     stops early, but never before 5 rounds (or ``repeats``): slow cases get fewer samples."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     start = time.perf_counter()
-    for round_ in range(-2, repeats):  # rounds -2 and -1 warm up
+    for round_ in range(-warmup, repeats):  # rounds below 0 warm up
         if round_ == 0:
             start = time.perf_counter()
         for name in list(calls) if round_ % 2 == 0 else reversed(calls):
@@ -486,17 +505,26 @@ COLUMNS = (("torch ms", "torch_ms", "{:9.3f}"), ("mybag ms", "mybag_ms", "{:9.3f
            ("mybag/copy", "mybag_frac_copy", "{:8.2f}"))  # fmt: skip
 
 
+def table_lines(results: list[Row], columns: Sequence[tuple[str, str, str]],
+                width: int = 12) -> list[str]:  # fmt: skip
+    """The table: a header, a rule, one line per result (its case name, then ``columns``:
+    (header, result key, format); a value of None prints as "-")."""
+    name_width = max([len("case")] + [len(row["case"]) for row in results])
+    header = f"{'case':<{name_width}} " + " ".join(f"{h:>{width}}" for h, _, _ in columns)
+    lines = [header, "-" * len(header)]
+    for row in results:
+        cells = " ".join(f"{'-' if row[key] is None else fmt.format(row[key]):>{width}}"
+                         for _, key, fmt in columns)  # fmt: skip
+        lines.append(f"{row['case']:<{name_width}} {cells}")
+    return lines
+
+
 def format_report(r: dict[str, Any]) -> str:
     """The text the command line prints: a head line, the table (one line per case), summary."""
     m, s, results = r["machine"], r["summary"], r["results"]
-    width = max([len("case")] + [len(row["case"]) for row in results])
-    header = f"{'case':<{width}} " + " ".join(f"{h:>12}" for h, _, _ in COLUMNS)
     lines = [f"mybag.bench on {m['device_name']} (threads: {m['torch_threads']}, "
-             + f"{m['cpu_capability']}), torch {m['torch']}, {m['date']}", "", header,
-             "-" * len(header)]  # fmt: skip
-    for row in results:
-        cells = " ".join(f"{fmt.format(row[key]):>12}" for _, key, fmt in COLUMNS)
-        lines.append(f"{row['case']:<{width}} {cells}")
+             + f"{m['cpu_capability']}), torch {m['torch']}, {m['date']}", ""]  # fmt: skip
+    lines += table_lines(results, COLUMNS)
     lines += ["", f"copy ceiling: {r['ceilings']['copy_gbps']:.1f} GB/s (read + write)"]
     if "geomean_speedup" in s:
         lines.append(f"cases: {s['cases']}, geometric-mean speed-up: {s['geomean_speedup']:.2f}x")
@@ -514,8 +542,13 @@ class Written(NamedTuple):
     notes: list[str]  # what was not written and why (e.g. no matplotlib)
 
 
-def write_outputs(r: dict[str, Any], directory: str) -> Written:
-    """Writes results.csv, results.json and speedup.png into ``directory``."""
+Plotter = Callable[[dict[str, Any], str], Written]  # (report, directory) -> speedup.png written
+
+
+def write_outputs(r: dict[str, Any], directory: str, plot: Plotter | None = None) -> Written:
+    """Writes results.csv, results.json and speedup.png (drawn by ``plot``, ``write_plot``
+    unless given) into ``directory``."""
+    plot = plot or write_plot
     os.makedirs(directory, exist_ok=True)
     csv_path, json_path = (os.path.join(directory, f"results.{ext}") for ext in ("csv", "json"))
     with open(csv_path, "w", newline="") as f:
@@ -525,7 +558,7 @@ def write_outputs(r: dict[str, Any], directory: str) -> Written:
             writer.writerows(r["results"])
     with open(json_path, "w") as f:
         f.write(json.dumps(r, indent=1) + "\n")
-    plotted = write_plot(r, directory)
+    plotted = plot(r, directory)
     return Written([csv_path, json_path] + plotted.files, plotted.notes)
 
 
@@ -533,7 +566,12 @@ def replot(directory: str, out: str | None = None) -> Written:
     """Redraws speedup.png from ``directory``/results.json without running anything; into
     ``out`` if given, else next to the results."""
     with open(os.path.join(directory, "results.json")) as f:
-        return write_plot(json.load(f), out or directory)
+        r = json.load(f)
+    if r.get("settings", {}).get("suite") == "train":  # python -m mybag.bench --suite train
+        from mybag import bench_training
+
+        return bench_training.write_plot(r, out or directory)
+    return write_plot(r, out or directory)
 
 
 # The plot, speedup.png. Left: one bar per case from 1x to its speed-up on a log axis (right of
@@ -632,10 +670,19 @@ def make_figure(results: list[Row], title: str):
     return fig  # fmt: skip
 
 
-def write_plot(r: dict[str, Any], directory: str) -> Written:
-    """Writes ``directory``/speedup.png from a report (a fresh run's or a saved results.json);
-    if it cannot (no matplotlib, nothing timed), removes an older one, which would contradict
-    the results, and says why."""
+def forward_figure(r: dict[str, Any]):
+    """The forward suite's figure for a report (see ``make_figure``)."""
+    m = r["machine"]
+    threads = f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''}"
+    return make_figure(r["results"], f"mybag vs torch embedding_bag, {m['device_name']}, "
+                                     f"{threads}, torch {m['torch']}, {m['date']}")  # fmt: skip
+
+
+def write_plot(r: dict[str, Any], directory: str,
+               draw: Callable[[dict[str, Any]], Any] | None = None) -> Written:  # fmt: skip
+    """Writes ``directory``/speedup.png from a report (a fresh run's or a saved results.json),
+    drawn by ``draw`` (``forward_figure`` unless given); if it cannot (no matplotlib, nothing
+    timed), removes an older one, which would contradict the results, and says why."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "speedup.png")
     try:
@@ -652,10 +699,7 @@ def write_plot(r: dict[str, Any], directory: str) -> Written:
             os.remove(path)
             why += f" (removed the old {path})"
         return Written([], [f"{why}: no speedup.png"])
-    m = r["machine"]
-    threads = f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''}"
-    fig = make_figure(r["results"], f"mybag vs torch embedding_bag, {m['device_name']}, "
-                                    f"{threads}, torch {m['torch']}, {m['date']}")  # fmt: skip
+    fig = (draw or forward_figure)(r)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Written([path], [])
@@ -664,8 +708,9 @@ def write_plot(r: dict[str, Any], directory: str) -> Written:
 EPILOG = """\
 exit status:
   0  every case ran (or --list, --replot succeeded)
-  1  mybag's answer differed from torch's on some case (listed under
-     MISMATCHES, not timed), or --replot could not draw the plot
+  1  mybag's answer (--suite train: its step) differed from torch's on some
+     case (listed under MISMATCHES, not timed), or --replot could not draw
+     the plot
   2  a wrong command line, a --filter that matches no case, --device cuda
      without a GPU, or no results.json for --replot"""
 
@@ -676,8 +721,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
+    add("--suite", choices=("fwd", "train"), default="fwd",
+        help="fwd (default): embedding_bag, forward and forward + backward; train: training "
+        "steps of FusedEmbeddingBag, the optimizer fused into the backward (see above)")
     add("--device", choices=("cpu", "cuda"), default="cpu")
-    add("--quick", action="store_true", help="a ~20-case subset, under a minute")
+    add("--quick", action="store_true",
+        help="a subset: 21 cases under a minute (fwd), 16 in 1-2 minutes (train)")
     add("--filter", metavar="TEXT", help="only the cases whose name contains TEXT (see --list)")
     add("--repeats", type=int, metavar="N", help="timed calls per implementation")
     add("--threads", type=int, metavar="N", help="torch.set_num_threads(N)")
@@ -707,19 +756,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if written.files else 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.suite == "train":
+        from mybag import bench_training as suite
+    else:
+        suite = sys.modules[__name__]
     try:
-        cases = cases_for(args.device, args.quick, args.tiny, args.filter)
+        cases = suite.cases_for(args.device, args.quick, args.tiny, args.filter)
     except (NoCaseError, RuntimeError) as error:
         return fail(str(error))
     if args.list:
         print("\n".join(case.name for case in cases))
         return 0
-    report = benchmark(args.device, args.quick, tiny=args.tiny, filter=args.filter,
-                       repeats=args.repeats, progress=not args.no_progress, on_mismatch="skip")
-    print(format_report(report))
+    report = suite.benchmark(args.device, args.quick, tiny=args.tiny, filter=args.filter,
+                             repeats=args.repeats, progress=not args.no_progress,
+                             on_mismatch="skip")  # fmt: skip
+    print(suite.format_report(report))
     if args.out:
-        report_written(write_outputs(report, args.out))
-    return 1 if report["summary"]["mismatches"] else 0  # fmt: skip
+        report_written(suite.write_outputs(report, args.out))
+    return 1 if report["summary"]["mismatches"] else 0
 
 
 if __name__ == "__main__":
