@@ -111,11 +111,13 @@ void for_each_max_row_gradient(const KernelInputs& in, const at::Tensor& grad_te
       for (int64_t d = first; d < last; ++d) {
         const int64_t row = winners[bag * dim + d];
         if (row < 0) continue;
-        // A winner is an entry of its bag, so its row is one of the groups.
-        const int64_t g =
-            std::lower_bound(group_rows.begin(), group_rows.end(), static_cast<index_t>(row)) -
-            group_rows.begin();
-        table[g * dim + d] += static_cast<acc_t>(grad[bag * dim + d]);
+        // A winner from the forward is an entry of its bag, so its row is one of the groups; a
+        // hand-made max_indices naming a row no entry names is dropped (as on CUDA, whose
+        // kernel walks each touched row's bags) rather than credited to another row.
+        const auto found =
+            std::lower_bound(group_rows.begin(), group_rows.end(), static_cast<index_t>(row));
+        if (found == group_rows.end() || *found != row) continue;
+        table[(found - group_rows.begin()) * dim + d] += static_cast<acc_t>(grad[bag * dim + d]);
       }
     }
   });
