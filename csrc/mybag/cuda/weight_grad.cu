@@ -1,19 +1,16 @@
 // CUDA dense weight gradient, deterministic and free of float atomics.
 //
-// sum and mean: entries are grouped by row with a stable sort. A group is cut into chunks of
-// kChunk entries; one warp reduces a chunk in input order (lanes over features), and writes the
-// row directly when the group has a single chunk, else a float partial that a second pass adds
-// up in chunk order. Hot rows (one row in much of the input) thus spread over many warps, and
-// the sums are the same bits every run.
+// sum and mean: entries are grouped by row with a stable sort and cut into chunks
+// (cuda/row_chunks.cuh). One warp reduces a chunk in input order (lanes over features), and writes
+// the row directly when the group has a single chunk, else a float partial that a second pass
+// adds up in chunk order. Hot rows (one row in much of the input) thus spread over many warps,
+// and the sums are the same bits every run.
 //
 // max: each (bag, feature) sends its gradient to the row that won it. The pairs are keyed by
 // (row, feature), sorted stably and each key's gradients summed in bag order by one thread.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/stack.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -21,6 +18,7 @@
 #include "mybag/checks.h"
 #include "mybag/cuda/entries.cuh"
 #include "mybag/cuda/launch.cuh"
+#include "mybag/cuda/row_chunks.cuh"
 #include "mybag/cuda/value_checks.cuh"
 #include "mybag/kernel_inputs.h"
 #include "mybag/reductions.h"
@@ -28,9 +26,6 @@
 
 namespace mybag::cuda {
 namespace {
-
-// Entries one warp reduces before handing over to a partial sum.
-constexpr int64_t kChunk = 32;
 
 template <typename scalar_t, typename index_t>
 struct GroupSumParams {
@@ -41,47 +36,31 @@ struct GroupSumParams {
   int64_t padding_row;
   const index_t* sorted_rows;
   const int64_t* order;
-  const int64_t* starts;       // group g: sorted positions starts[g] .. starts[g + 1] - 1
-  int64_t groups;
-  const int64_t* chunk_ends;   // inclusive prefix sums of the groups' chunk counts
-  const int64_t* partial_ends; // inclusive prefix sums of the chunk counts of multi-chunk groups
+  ChunkIndex chunks;
   const int64_t* bag_of;
   EntryScale<acc_t, scalar_t> entry_scale;
   bool scale_grad_by_freq;
   scalar_t* grad_weight;  // (num_weights, dim), zero-filled
   acc_t* partials;        // one row per chunk of a multi-chunk group
 
-  __device__ int64_t first_chunk(int64_t g) const { return g > 0 ? chunk_ends[g - 1] : 0; }
-  __device__ int64_t first_partial(int64_t g) const { return g > 0 ? partial_ends[g - 1] : 0; }
   __device__ bool row_skipped(int64_t g) const {
-    return !row_used(sorted_rows[starts[g]], num_weights, padding_row);
+    return !row_used(sorted_rows[chunks.starts[g]], num_weights, padding_row);
   }
 };
-
-// The group holding chunk w: the first g whose chunk_ends[g] > w.
-__device__ inline int64_t group_of_chunk(const int64_t* chunk_ends, int64_t groups, int64_t w) {
-  int64_t lo = 0;
-  int64_t hi = groups;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (chunk_ends[mid] <= w) lo = mid + 1; else hi = mid;
-  }
-  return lo;
-}
 
 template <typename scalar_t, typename index_t>
 __global__ void chunk_sum_kernel(GroupSumParams<scalar_t, index_t> p, int64_t total_chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t w = warp_item(); w < total_chunks; w += warp_stride()) {
-    const int64_t g = group_of_chunk(p.chunk_ends, p.groups, w);
+    const int64_t g = group_of_chunk(p.chunks.chunk_ends, p.chunks.groups, w);
     if (p.row_skipped(g)) continue;
-    const int64_t chunk = w - p.first_chunk(g);
-    const bool single = p.chunk_ends[g] - p.first_chunk(g) == 1;
-    const int64_t begin = p.starts[g] + chunk * kChunk;
-    const int64_t group_end = p.starts[g + 1];
+    const int64_t chunk = w - p.chunks.first_chunk(g);
+    const bool single = p.chunks.chunks(g) == 1;
+    const int64_t begin = p.chunks.starts[g] + chunk * kChunk;
+    const int64_t group_end = p.chunks.starts[g + 1];
     const int64_t end = begin + kChunk < group_end ? begin + kChunk : group_end;
-    const int64_t frequency = p.scale_grad_by_freq ? group_end - p.starts[g] : 0;
-    const int64_t row = p.sorted_rows[p.starts[g]];
+    const int64_t frequency = p.scale_grad_by_freq ? group_end - p.chunks.starts[g] : 0;
+    const int64_t row = p.sorted_rows[p.chunks.starts[g]];
     for (int64_t d = threadIdx.x; d < p.dim; d += kWarpSize) {
       acc_t acc = 0;
       for (int64_t k = begin; k < end; ++k) {
@@ -93,7 +72,7 @@ __global__ void chunk_sum_kernel(GroupSumParams<scalar_t, index_t> p, int64_t to
       if (single) {
         p.grad_weight[row * p.dim + d] = static_cast<scalar_t>(acc);
       } else {
-        p.partials[(p.first_partial(g) + chunk) * p.dim + d] = acc;
+        p.partials[(p.chunks.first_partial(g) + chunk) * p.dim + d] = acc;
       }
     }
   }
@@ -102,11 +81,11 @@ __global__ void chunk_sum_kernel(GroupSumParams<scalar_t, index_t> p, int64_t to
 template <typename scalar_t, typename index_t>
 __global__ void partial_sum_kernel(GroupSumParams<scalar_t, index_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t g = warp_item(); g < p.groups; g += warp_stride()) {
-    const int64_t chunks = p.chunk_ends[g] - p.first_chunk(g);
+  for (int64_t g = warp_item(); g < p.chunks.groups; g += warp_stride()) {
+    const int64_t chunks = p.chunks.chunks(g);
     if (chunks <= 1 || p.row_skipped(g)) continue;
-    const int64_t row = p.sorted_rows[p.starts[g]];
-    const acc_t* first = p.partials + p.first_partial(g) * p.dim;
+    const int64_t row = p.sorted_rows[p.chunks.starts[g]];
+    const acc_t* first = p.partials + p.chunks.first_partial(g) * p.dim;
     for (int64_t d = threadIdx.x; d < p.dim; d += kWarpSize) {
       acc_t acc = 0;
       for (int64_t c = 0; c < chunks; ++c) acc += first[c * p.dim + d];
@@ -130,14 +109,9 @@ void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad, bool s
   const auto groups = group_by_row(in.input.view({-1}));
   if (groups.count == 0) return;
 
-  const auto sizes = groups.starts.slice(0, 1).sub(groups.starts.slice(0, 0, -1));
-  const auto chunks = sizes.add(kChunk - 1).div(kChunk, "floor");
-  const auto chunk_ends = at::cumsum(chunks, 0);
-  const auto partial_ends = at::cumsum(at::where(chunks.gt(1), chunks, 0), 0);
-  // One synchronization for both totals.
-  const auto totals = at::stack({chunk_ends[-1], partial_ends[-1]}).cpu();
-  const int64_t total_chunks = totals[0].item<int64_t>();
-  const int64_t total_partials = totals[1].item<int64_t>();
+  const auto chunks = cut_into_chunks(groups);
+  const int64_t total_chunks = chunks.total_chunks;
+  const int64_t total_partials = chunks.total_partials;
   at::Tensor partials = at::empty(
       {total_partials, in.dim}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
 
@@ -148,10 +122,7 @@ void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad, bool s
       in.padding_row,
       groups.sorted_rows.const_data_ptr<index_t>(),
       groups.order.const_data_ptr<int64_t>(),
-      groups.starts.const_data_ptr<int64_t>(),
-      groups.count,
-      chunk_ends.const_data_ptr<int64_t>(),
-      partial_ends.const_data_ptr<int64_t>(),
+      chunk_index(groups, chunks),
       bag_of.const_data_ptr<int64_t>(),
       {in.per_sample_weights.defined() ? in.per_sample_weights.const_data_ptr<scalar_t>()
                                        : nullptr,
