@@ -1,23 +1,10 @@
 #include "mybag/module.h"
 
-#include <torch/nn/init.h>
-#include <torch/utils.h>
-
-#include <variant>
-
 #include "mybag/checks.h"
 #include "mybag/embedding_bag.h"
+#include "mybag/module_options.h"
 
 namespace mybag {
-namespace {
-
-Mode mode_of(const torch::nn::EmbeddingBagMode& mode) {
-  if (std::holds_alternative<torch::enumtype::kSum>(mode)) return Mode::Sum;
-  if (std::holds_alternative<torch::enumtype::kMean>(mode)) return Mode::Mean;
-  return Mode::Max;
-}
-
-}  // namespace
 
 EmbeddingBagImpl::EmbeddingBagImpl(EmbeddingBagOptions options) : options(std::move(options)) {
   reset();
@@ -30,49 +17,25 @@ void EmbeddingBagImpl::reset() {
     // Stored non-negative, as torch::nn::EmbeddingBag does.
     options.padding_idx(module_padding_idx(*options.padding_idx(), rows));
   }
-  if (options._weight().defined()) {
-    TORCH_CHECK_VALUE(options._weight().dim() == 2 && options._weight().size(0) == rows &&
-                          options._weight().size(1) == dim,
-                      "mybag::EmbeddingBag: _weight has to have shape (num_embeddings, "
-                      "embedding_dim) = (", rows, ", ", dim, "), but got ",
-                      options._weight().sizes());
-    // A new tensor over _weight's storage: clone() later gives this tensor fresh data, which
-    // must not reach the module it was cloned from (or the caller's _weight tensor object).
-    weight = register_parameter("weight", options._weight().detach());
-  } else {
-    weight = register_parameter("weight", torch::empty({rows, dim}));
-    reset_parameters();
-  }
+  weight = register_parameter("weight", initial_table("mybag::EmbeddingBag", options._weight(),
+                                                      rows, dim, options.padding_idx()));
 }
 
-void EmbeddingBagImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  torch::nn::init::normal_(weight);
-  if (options.padding_idx().has_value()) {
-    weight[*options.padding_idx()].fill_(0);
-  }
-}
+void EmbeddingBagImpl::reset_parameters() { fill_table(weight, options.padding_idx()); }
 
 void EmbeddingBagImpl::pretty_print(std::ostream& stream) const {
-  stream << "mybag::EmbeddingBag(num_embeddings=" << options.num_embeddings()
-         << ", embedding_dim=" << options.embedding_dim();
-  if (options.max_norm().has_value()) stream << ", max_norm=" << *options.max_norm();
-  if (options.norm_type() != 2) stream << ", norm_type=" << options.norm_type();
-  if (options.scale_grad_by_freq()) stream << ", scale_grad_by_freq=true";
-  if (options.sparse()) stream << ", sparse=true";
-  stream << ", mode=" << mode_name(mode_of(options.mode()));
-  if (options.include_last_offset()) stream << ", include_last_offset=true";
-  if (options.padding_idx().has_value()) stream << ", padding_idx=" << *options.padding_idx();
+  stream << "mybag::EmbeddingBag(";
+  print_table_options(stream, options);
   stream << ")";
 }
 
 torch::Tensor EmbeddingBagImpl::forward(const torch::Tensor& input, const torch::Tensor& offsets,
                                         const torch::Tensor& per_sample_weights) {
   return embedding_bag(
-      input, weight, offsets.defined() ? std::optional(offsets) : std::nullopt,
+      input, weight, optional_tensor(offsets),
       options.max_norm(), options.norm_type(), options.scale_grad_by_freq(),
       mode_of(options.mode()), options.sparse(),
-      per_sample_weights.defined() ? std::optional(per_sample_weights) : std::nullopt,
+      optional_tensor(per_sample_weights),
       options.include_last_offset(), options.padding_idx());
 }
 

@@ -52,6 +52,10 @@ void check_hyperparameters(const Hyperparameters& h) {
   check_beta("beta2 (betas[1])", h.beta2);
 }
 
+void check_initial_accumulator_value(double value) {
+  check_at_least_zero("initial_accumulator_value", value);
+}
+
 at::ScalarType optimizer_state_dtype(at::ScalarType weight_dtype) {
   return weight_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }

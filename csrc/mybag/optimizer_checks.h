@@ -21,6 +21,8 @@ const char* optimizer_name(Optimizer kind);
 
 // lr, eps, weight_decay and lr_decay >= 0 and finite; betas in [0, 1).
 void check_hyperparameters(const Hyperparameters& h);
+// The Adagrads' initial sum of squares (a module option, not an op argument): >= 0 and finite.
+void check_initial_accumulator_value(double value);
 
 // The dtype of the optimizer state of a table of dtype weight_dtype: double for float64 tables,
 // float32 for the others.
