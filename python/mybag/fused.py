@@ -250,6 +250,25 @@ class FusedEmbeddingBag(nn.Module):
             self.exp_avg_sq = torch.empty(num_embeddings, embedding_dim, **state_options)
         self.reset_optimizer_state()
 
+    @torch.jit.unused
+    def _apply(self, fn, recurse=True):
+        # .half(), .double(), .to(dtype) convert every floating buffer, which would give a
+        # float16 table float16 state (the op takes float32 state, docs/spec.md §8) and round
+        # the state on the way. The state follows the table's device, and its dtype is the one
+        # the table's dtype calls for, converted once from the original.
+        names = [name for name in ("sum", "exp_avg", "exp_avg_sq") if self._buffers[name] is not None]
+        state = {name: self._buffers[name] for name in names}
+        for name in names:
+            self._buffers[name] = None
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            table = self.weight
+            dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
+            for name, tensor in state.items():
+                self._buffers[name] = tensor.to(device=table.device, dtype=dtype)
+        return self
+
     def _reset_weight(self) -> None:
         with torch.no_grad():
             nn.init.normal_(self.weight)

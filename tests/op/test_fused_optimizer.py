@@ -892,3 +892,24 @@ def test_reference_max_mode_gradient_covers_every_touched_row():
         torch.testing.assert_close(values, expected[rows], rtol=1e-14, atol=1e-14)
         zero_rows += int((values == 0).all(1).sum())
     assert zero_rows > 0
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad", "adam"])
+def test_dtype_conversion_keeps_the_state_dtype_the_op_takes(optimizer):
+    # .half()/.double() convert floating buffers; the state must follow the table's rule
+    # (float32, float64 for a float64 table: docs/spec.md §8), converted once from the original,
+    # and the module must keep training.
+    m = mybag.FusedEmbeddingBag(20, 4, mode="sum", optimizer=optimizer, lr=0.1,
+                                initial_accumulator_value=0.3)
+    original = [t.clone() for t in m.optimizer_state()]
+    m.half()
+    assert m.weight.dtype == torch.float16 and m.step.dtype == torch.int64
+    for before, after in zip(original, m.optimizer_state()):
+        assert after.dtype == torch.float32
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    m(torch.tensor([1, 2, 3]), torch.tensor([0])).float().sum().backward()
+    assert int(m.step) == 1
+    m.double()
+    assert all(t.dtype == torch.float64 for t in m.optimizer_state())
+    m(torch.tensor([1, 2, 3]), torch.tensor([0])).sum().backward()
+    assert int(m.step) == 2
