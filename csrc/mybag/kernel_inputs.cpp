@@ -3,6 +3,7 @@
 #include <ATen/ops/empty.h>
 
 #include "mybag/checks.h"
+#include "mybag/optimizer_checks.h"
 
 namespace mybag {
 namespace {
@@ -75,6 +76,22 @@ KernelInputs prepare_per_sample_weights_grad(const at::Tensor& grad, at::Tensor&
   contiguous_grad = grad.contiguous();
   return contiguous_inputs(mode, input, offsets, std::nullopt, padding_idx, include_last_offset,
                            weight.size(0), weight.size(1));
+}
+
+FusedUpdateInputs prepare_fused_update(const at::Tensor& weight, at::TensorList state,
+                                       const at::Tensor& step, const at::Tensor& grad,
+                                       at::Tensor& contiguous_grad, const at::Tensor& input,
+                                       const std::optional<at::Tensor>& offsets,
+                                       const std::optional<at::Tensor>& per_sample_weights,
+                                       int64_t mode_value, std::optional<int64_t> padding_idx,
+                                       bool include_last_offset, bool scale_grad_by_freq,
+                                       c10::string_view optimizer, const Hyperparameters& h) {
+  const Optimizer kind = parse_optimizer(std::string_view(optimizer.data(), optimizer.size()));
+  check_fused_update_args(kind, h, weight, state, step, grad, input, offsets, per_sample_weights,
+                          mode_value, padding_idx, include_last_offset, scale_grad_by_freq);
+  return {kind, h,
+          prepare_weight_grad(grad, contiguous_grad, input, offsets, per_sample_weights,
+                              mode_value, padding_idx, include_last_offset, weight.size(0))};
 }
 
 }  // namespace mybag

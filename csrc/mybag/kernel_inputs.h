@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "mybag/mode.h"
+#include "mybag/optimizers.h"
 
 namespace mybag {
 
@@ -48,5 +49,22 @@ KernelInputs prepare_per_sample_weights_grad(const at::Tensor& grad, at::Tensor&
                                              int64_t mode_value,
                                              std::optional<int64_t> padding_idx,
                                              bool include_last_offset);
+
+// For _embedding_bag_fused_update_: parses the optimizer, runs every check that needs no values
+// (mybag/optimizer_checks.h) and prepares the inputs as for the dense gradient; grad is made
+// contiguous. The index values are each device's to check.
+struct FusedUpdateInputs {
+  Optimizer kind;
+  Hyperparameters hyperparameters;
+  KernelInputs in;
+};
+FusedUpdateInputs prepare_fused_update(const at::Tensor& weight, at::TensorList state,
+                                       const at::Tensor& step, const at::Tensor& grad,
+                                       at::Tensor& contiguous_grad, const at::Tensor& input,
+                                       const std::optional<at::Tensor>& offsets,
+                                       const std::optional<at::Tensor>& per_sample_weights,
+                                       int64_t mode_value, std::optional<int64_t> padding_idx,
+                                       bool include_last_offset, bool scale_grad_by_freq,
+                                       c10::string_view optimizer, const Hyperparameters& h);
 
 }  // namespace mybag

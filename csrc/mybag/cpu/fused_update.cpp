@@ -153,14 +153,14 @@ void fused_update(at::Tensor& weight, at::TensorList state, at::Tensor& step,
                   bool scale_grad_by_freq, c10::string_view optimizer, double lr, double eps,
                   double beta1, double beta2, double weight_decay, double lr_decay) {
   // Everything is checked before anything is written: a failed step changes nothing.
-  const Optimizer kind = parse_optimizer(std::string_view(optimizer.data(), optimizer.size()));
-  const Hyperparameters h{lr, eps, beta1, beta2, weight_decay, lr_decay};
-  check_fused_update_args(kind, h, weight, state, step, grad, input, offsets, per_sample_weights,
-                          mode_value, padding_idx, include_last_offset, scale_grad_by_freq);
   at::Tensor flat_grad;
-  const auto args = prepare_weight_grad(grad, flat_grad, input, offsets, per_sample_weights,
-                                        mode_value, padding_idx, include_last_offset,
-                                        weight.size(0));
+  const FusedUpdateInputs prepared = prepare_fused_update(
+      weight, state, step, grad, flat_grad, input, offsets, per_sample_weights, mode_value,
+      padding_idx, include_last_offset, scale_grad_by_freq, optimizer,
+      {lr, eps, beta1, beta2, weight_decay, lr_decay});
+  const Optimizer kind = prepared.kind;
+  const Hyperparameters& h = prepared.hyperparameters;
+  const KernelInputs& args = prepared.in;
   check_index_values(args.input, args.offsets, args.num_weights);
   at::Tensor winners;
   if (args.mode == Mode::Max) {

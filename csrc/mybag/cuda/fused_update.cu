@@ -455,14 +455,14 @@ void fused_update(at::Tensor& weight, at::TensorList state, at::Tensor& step,
                   double beta1, double beta2, double weight_decay, double lr_decay) {
   const c10::cuda::CUDAGuard device_guard(weight.device());
   // Everything is checked before anything is written: a failed step changes nothing.
-  const Optimizer kind = parse_optimizer(std::string_view(optimizer.data(), optimizer.size()));
-  const Hyperparameters h{lr, eps, beta1, beta2, weight_decay, lr_decay};
-  check_fused_update_args(kind, h, weight, state, step, grad, input, offsets, per_sample_weights,
-                          mode_value, padding_idx, include_last_offset, scale_grad_by_freq);
   at::Tensor flat_grad;
-  const auto in = prepare_weight_grad(grad, flat_grad, input, offsets, per_sample_weights,
-                                      mode_value, padding_idx, include_last_offset,
-                                      weight.size(0));
+  const FusedUpdateInputs prepared = prepare_fused_update(
+      weight, state, step, grad, flat_grad, input, offsets, per_sample_weights, mode_value,
+      padding_idx, include_last_offset, scale_grad_by_freq, optimizer,
+      {lr, eps, beta1, beta2, weight_decay, lr_decay});
+  const Optimizer kind = prepared.kind;
+  const Hyperparameters& h = prepared.hyperparameters;
+  const KernelInputs& in = prepared.in;
   check_index_values(in.input, in.offsets, in.num_weights);
   at::Tensor winners;
   if (in.mode == Mode::Max) {
