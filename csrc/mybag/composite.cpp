@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <string_view>
+#include <tuple>
 #include <utility>
 
 #include "mybag/checks.h"
@@ -37,89 +38,95 @@ std::pair<at::Tensor, std::optional<at::Tensor>> promoted_indices(
   return {input.to(common), offsets->to(common)};
 }
 
-at::Tensor embedding_bag_composite(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const std::optional<at::Tensor>& offsets_arg,
-    std::optional<double> max_norm,
-    double norm_type,
-    bool scale_grad_by_freq,
-    c10::string_view mode_name_arg,
-    bool sparse,
-    const std::optional<at::Tensor>& per_sample_weights_arg,
-    bool include_last_offset_arg,
-    std::optional<int64_t> padding_idx) {
+// What both public ops do before their forward: nested tensors rejected, the mode parsed,
+// absent tensors normalized, indices promoted to one dtype and, with max_norm, every check the
+// forward would run done before the renorm writes the referenced rows.
+struct PreparedCall {
+  Mode mode;
+  at::Tensor indices;
+  std::optional<at::Tensor> offsets;
+  std::optional<at::Tensor> per_sample_weights;
+  bool include_last_offset;
+};
+
+PreparedCall prepare_call(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& offsets_arg,
+                          std::optional<double> max_norm, double norm_type,
+                          bool scale_grad_by_freq, c10::string_view mode_name, bool sparse,
+                          const std::optional<at::Tensor>& per_sample_weights_arg,
+                          bool include_last_offset_arg, std::optional<int64_t> padding_idx) {
   check_not_nested("input", input);
   check_not_nested("weight", weight);
   if (offsets_arg.has_value()) check_not_nested("offsets", *offsets_arg);
   if (per_sample_weights_arg.has_value()) {
     check_not_nested("per_sample_weights", *per_sample_weights_arg);
   }
-  const Mode mode = parse_mode(std::string_view(mode_name_arg.data(), mode_name_arg.size()));
+  PreparedCall call;
+  call.mode = parse_mode(std::string_view(mode_name.data(), mode_name.size()));
   const auto offsets = offsets_arg.has_value() && offsets_arg->defined() ? offsets_arg : std::nullopt;
-  const auto per_sample_weights = per_sample_weights_arg.has_value() && per_sample_weights_arg->defined()
-                                      ? per_sample_weights_arg
-                                      : std::nullopt;
+  call.per_sample_weights = per_sample_weights_arg.has_value() && per_sample_weights_arg->defined()
+                                ? per_sample_weights_arg
+                                : std::nullopt;
   // A 2-D input is a batch of equal bags: include_last_offset does not apply (as in torch).
-  const bool include_last_offset = input.dim() == 2 ? false : include_last_offset_arg;
+  call.include_last_offset = input.dim() == 2 ? false : include_last_offset_arg;
   check_index_dtypes(input, offsets);
-  const auto [indices, bag_offsets] = promoted_indices(input, offsets);
+  std::tie(call.indices, call.offsets) = promoted_indices(input, offsets);
 
   if (max_norm.has_value()) {
     // The renorm writes before the forward runs: everything the forward would reject is
     // rejected first (without max_norm the forward's own checks are the only ones).
-    check_forward_args(weight, indices, bag_offsets, per_sample_weights, mode, padding_idx,
-                       include_last_offset, scale_grad_by_freq, sparse);
+    check_forward_args(weight, call.indices, call.offsets, call.per_sample_weights, call.mode,
+                       padding_idx, call.include_last_offset, scale_grad_by_freq, sparse);
     check_max_norm(*max_norm);
     // Renormalization is not part of the differentiated function (as in torch).
     at::NoGradGuard no_grad;
     at::Tensor table = weight;  // shares weight's storage: the op writes through it
-    ops::renorm_(table, indices, bag_offsets, include_last_offset, *max_norm, norm_type);
+    ops::renorm_(table, call.indices, call.offsets, call.include_last_offset, *max_norm,
+                 norm_type);
   }
-  return std::get<0>(ops::forward(weight, indices, bag_offsets, per_sample_weights,
-                                  static_cast<int64_t>(mode), padding_idx, include_last_offset,
-                                  scale_grad_by_freq, sparse));
+  return call;
 }
 
-// The fused op: the same checks, promotion and max_norm handling as embedding_bag, then the
-// internal op whose autograd node steps the optimizer in the backward. The optimizer's
-// arguments are checked first, so a step that would fail is refused before anything runs.
+at::Tensor embedding_bag_composite(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& offsets,
+    std::optional<double> max_norm,
+    double norm_type,
+    bool scale_grad_by_freq,
+    c10::string_view mode_name,
+    bool sparse,
+    const std::optional<at::Tensor>& per_sample_weights,
+    bool include_last_offset,
+    std::optional<int64_t> padding_idx) {
+  const PreparedCall call =
+      prepare_call(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode_name,
+                   sparse, per_sample_weights, include_last_offset, padding_idx);
+  return std::get<0>(ops::forward(weight, call.indices, call.offsets, call.per_sample_weights,
+                                  static_cast<int64_t>(call.mode), padding_idx,
+                                  call.include_last_offset, scale_grad_by_freq, sparse));
+}
+
+// The fused op: embedding_bag's preparation, then the internal op whose autograd node steps the
+// optimizer in the backward. The optimizer's arguments are checked first, so a step that would
+// fail is refused before anything (max_norm's renorm included) runs.
 at::Tensor fused_embedding_bag_composite(
     const at::Tensor& input, const at::Tensor& weight, at::TensorList state,
-    const at::Tensor& step, const std::optional<at::Tensor>& offsets_arg,
+    const at::Tensor& step, const std::optional<at::Tensor>& offsets,
     std::optional<double> max_norm, double norm_type, bool scale_grad_by_freq,
-    c10::string_view mode_name_arg, const std::optional<at::Tensor>& per_sample_weights_arg,
-    bool include_last_offset_arg, std::optional<int64_t> padding_idx,
+    c10::string_view mode_name, const std::optional<at::Tensor>& per_sample_weights,
+    bool include_last_offset, std::optional<int64_t> padding_idx,
     c10::string_view optimizer, double lr, double eps, double beta1, double beta2,
     double weight_decay, double lr_decay) {
-  check_not_nested("input", input);
-  check_not_nested("weight", weight);
-  if (offsets_arg.has_value()) check_not_nested("offsets", *offsets_arg);
-  if (per_sample_weights_arg.has_value()) {
-    check_not_nested("per_sample_weights", *per_sample_weights_arg);
-  }
-  const Mode mode = parse_mode(std::string_view(mode_name_arg.data(), mode_name_arg.size()));
   check_fused_optimizer(std::string_view(optimizer.data(), optimizer.size()),
                         {lr, eps, beta1, beta2, weight_decay, lr_decay}, weight, state, step);
-  const auto offsets = offsets_arg.has_value() && offsets_arg->defined() ? offsets_arg : std::nullopt;
-  const auto per_sample_weights = per_sample_weights_arg.has_value() && per_sample_weights_arg->defined()
-                                      ? per_sample_weights_arg
-                                      : std::nullopt;
-  const bool include_last_offset = input.dim() == 2 ? false : include_last_offset_arg;
-  check_index_dtypes(input, offsets);
-  const auto [indices, bag_offsets] = promoted_indices(input, offsets);
-  if (max_norm.has_value()) {
-    check_forward_args(weight, indices, bag_offsets, per_sample_weights, mode, padding_idx,
-                       include_last_offset, scale_grad_by_freq, /*sparse=*/false);
-    check_max_norm(*max_norm);
-    at::NoGradGuard no_grad;
-    at::Tensor table = weight;
-    ops::renorm_(table, indices, bag_offsets, include_last_offset, *max_norm, norm_type);
-  }
-  return ops::fused_forward(weight, state, step, indices, bag_offsets, per_sample_weights,
-                            static_cast<int64_t>(mode), padding_idx, include_last_offset,
-                            scale_grad_by_freq, optimizer, lr, eps, beta1, beta2, weight_decay,
-                            lr_decay);
+  const PreparedCall call =
+      prepare_call(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode_name,
+                   /*sparse=*/false, per_sample_weights, include_last_offset, padding_idx);
+  return ops::fused_forward(weight, state, step, call.indices, call.offsets,
+                            call.per_sample_weights, static_cast<int64_t>(call.mode), padding_idx,
+                            call.include_last_offset, scale_grad_by_freq, optimizer, lr, eps,
+                            beta1, beta2, weight_decay, lr_decay);
 }
 
 }  // namespace
