@@ -83,6 +83,30 @@ TORCH_LIBRARY(mybag, m) {
       "bool scale_grad_by_freq, str optimizer, float lr, float eps, float beta1, float beta2, "
       "float weight_decay, float lr_decay) -> ()");
 
+  // Row-wise quantized tables, in torch's packed layouts (mybag/quantized_rows.h): a uint8
+  // tensor (num_embeddings, packed columns), each row its values then its scale and bias.
+  // bits = 8: D bytes then float32 scale and bias (torch's embedding_bag_byte_prepack);
+  // bits = 4: D / 2 bytes, two values a byte (the even column in the low nibble), then float16
+  // scale and bias (embedding_bag_4bit_prepack). quantize_rowwise packs a float32, float16 or
+  // bfloat16 table with torch's rounding, scale and bias, on any device.
+  m.def("quantize_rowwise(Tensor weight, int bits=8) -> Tensor");
+
+  // The embedding bag of the dequantized table (q * scale + bias per row), accumulated in
+  // float32 and rounded once to output_dtype (float32 when None). No autograd: the table is
+  // integer, and a per_sample_weights that requires grad is refused.
+  m.def(
+      "quantized_embedding_bag(Tensor input, Tensor packed_weight, int bits, "
+      "Tensor? offsets=None, str mode=\"mean\", Tensor? per_sample_weights=None, "
+      "bool include_last_offset=False, int? padding_idx=None, ScalarType? output_dtype=None) "
+      "-> Tensor");
+
+  // Its internal op, with the conventions of _embedding_bag_forward; per_sample_weights is
+  // float32.
+  m.def(
+      "_quantized_embedding_bag_forward(Tensor packed_weight, Tensor input, Tensor? offsets, "
+      "Tensor? per_sample_weights, int bits, int mode, int? padding_idx, "
+      "bool include_last_offset, ScalarType output_dtype) -> Tensor");
+
   // The switch for the CUDA kernels' value checks (mybag/cuda_value_checks.h): turns them on
   // or off and returns the previous setting; and reads it.
   m.def("_set_cuda_value_checks(bool enabled) -> bool");
