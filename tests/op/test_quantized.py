@@ -619,6 +619,26 @@ def test_torch_quantized_op_ignores_mode_mybag_does_not(mode, bits, device):
     assert mine_err < 1e-4 * torch_err, side_by_side
 
 
+@pytest.mark.parametrize("bits", BITS)
+def test_2d_input_ignores_include_last_offset_torch_does_not(bits, device):
+    """2-D input: include_last_offset is ignored (docs/spec.md §2, as F.embedding_bag): B rows,
+    B bags. torch 2.14.1's quantized ops take it into account: the 8-bit op returns B - 1 bags,
+    the 4-bit op raises. mybag's half always asserts; torch's half skips once torch is fixed."""
+    packed = torch_prepack(random_table(10, 8, seed=2), bits)
+    x = torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(3))
+    ref, mag = reference(packed, bits, x, None, "sum")
+    mine = qbag(x.to(device), packed.to(device), bits, mode="sum", include_last_offset=True)
+    assert_matches(mine, ref, mag, f"2-D include_last_offset bits={bits}")
+    try:
+        theirs = torch_quantized_bag(packed, bits, x, None, "sum", include_last_offset=True)
+    except RuntimeError as e:
+        assert bits == 4, f"torch's {bits}-bit op raised: {e}"
+        return
+    if theirs.shape == ref.shape and bool(((theirs.double() - ref).abs() <= RTOL * mag).all()):
+        pytest.skip(f"torch {torch.__version__} got fixed: 2-D input with include_last_offset")
+    assert theirs.shape == (3, 8), f"torch's 8-bit op returned {tuple(theirs.shape)}"
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. Errors
 
