@@ -461,6 +461,19 @@ def test_values_match_dequantized_reference(cfg, mode, bits, device):
     assert_matches(out, ref, mag, f"{cfg} {mode} bits={bits}: {case.describe()}")
 
 
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["f16", "bf16"])
+@pytest.mark.parametrize("bits", BITS)
+def test_half_per_sample_weights(bits, dtype, device):
+    """per_sample_weights of float16/bfloat16 are taken as their (exact) float32 values."""
+    packed, case = Cfg("1d_psw", psw=True).make("sum", bits, device)
+    psw = case.per_sample_weights.to(dtype)
+    out = qbag(case.input, packed, bits, case.offsets, mode="sum", per_sample_weights=psw)
+    expected = qbag(case.input, packed, bits, case.offsets, mode="sum",
+                    per_sample_weights=psw.float())
+    assert out.dtype == torch.float32
+    assert torch.equal(out, expected)
+
+
 @pytest.mark.parametrize("cfg, mode, bits", _value_params()[::5])
 def test_op_equals_function(cfg, mode, bits, device):
     """The public op (positional, ScalarType? output_dtype=None) is the Python function."""
@@ -785,6 +798,19 @@ def test_bad_input_raises(bad, shape, bits, entry, device):
     assert info.type is bad.exc, f"raised {info.type.__name__}, expected {bad.exc.__name__}"
     for k, old in before.items():
         assert torch.equal(kw[k].cpu(), old.cpu()), f"{k} modified by a failed call"
+
+
+@pytest.mark.parametrize("name", ["input", "offsets", "per_sample_weights"])
+def test_mixed_devices_raise_on_cpu_machines(name):
+    """One tensor on the meta device, the others on the CPU (testable without a GPU): an error
+    naming the tensor and both devices."""
+    kw = base_call(8, "1d")
+    kw["mode"] = "sum"
+    if name == "per_sample_weights":
+        kw[name] = _psw(kw)
+    kw[name] = kw[name].to("meta")
+    with pytest.raises(RuntimeError, match=names(name, "meta", "cpu", "device")):
+        mybag.quantized_embedding_bag(**kw)
 
 
 @pytest.mark.parametrize("bits", BITS)
