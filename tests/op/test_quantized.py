@@ -200,6 +200,14 @@ def table_of_kind(kind: str, rows: int, dim: int, dtype: torch.dtype, bits: int,
         out = x.clamp(-5, 5) * (1e4 if half_range else 1e30)
     elif kind == "small":
         out = x * (1e-6 if half_range else 1e-30)
+    elif kind == "ties":
+        # Rows spanning [0, steps] exactly (scale 1, bias 0): the other values half-way between
+        # two steps, where round-half-even decides (0.5 -> 0, 1.5 -> 2, 2.5 -> 2, ...).
+        steps = 255 if bits == 8 else 15
+        out = (torch.arange(rows * dim, dtype=torch.float64).reshape(rows, dim) % steps) + 0.5
+        out[:, 0] = 0.0
+        if dim > 1:
+            out[:, 1] = float(steps)
     elif kind == "mixed":
         # Every row different: constant, zero, negative only, positive only, a tiny range far
         # from zero, one outlier, a huge range, a tiny range.
@@ -228,7 +236,7 @@ def table_of_kind(kind: str, rows: int, dim: int, dtype: torch.dtype, bits: int,
     return out.to(dtype)
 
 
-KINDS = ["normal", "uniform", "constant", "negative", "huge", "small", "mixed"]
+KINDS = ["normal", "uniform", "constant", "negative", "huge", "small", "ties", "mixed"]
 # (rows, D) for 8 bits (any D) and 4 bits (even D).
 SHAPES = {
     8: [(1, 1), (7, 2), (33, 3), (20, 8), (9, 13), (16, 64), (5, 127), (11, 130)],
