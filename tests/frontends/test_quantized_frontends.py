@@ -449,15 +449,34 @@ def test_state_dict_round_trip(bits):
 def test_state_dict_of_4_bits_into_8_bits_module_raises():
     """Of the same D (the packed widths differ) and of a D whose 4-bit width equals the 8-bit
     width of the module's D (24 values in 16 bytes; 8 values in 16 bytes): either way, an error
-    that names bits."""
+    that names both bit widths."""
+    bits_named = r"(?s)\b4.?bits?\b.*\b8.?bits?\b"
     state4 = QEB.from_float(float_table(10), bits=4).state_dict()
-    with pytest.raises((RuntimeError, ValueError), match="bits"):
-        QEB(NUM_EMBEDDINGS, DIM, bits=8).load_state_dict(state4)
+    target = QEB(NUM_EMBEDDINGS, DIM, bits=8)
+    with pytest.raises((RuntimeError, ValueError), match=bits_named):
+        target.load_state_dict(state4)
+    assert target.bits == 8
     state4 = QEB.from_float(float_table(10, dim=24), bits=4).state_dict()
     target = QEB(NUM_EMBEDDINGS, 8, bits=8)
     assert target.packed_weight.shape == state4["packed_weight"].shape
-    with pytest.raises((RuntimeError, ValueError), match="bits"):
+    with pytest.raises((RuntimeError, ValueError), match=bits_named):
         target.load_state_dict(state4)
+    assert target.bits == 8
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap: torch's Module._load_from_state_dict copies packed_weight (its shape fits) "
+    "before set_extra_state checks bits, so the failed load leaves a 4-bit table in an 8-bit "
+    "module (torch skips the copy of a buffer whose shape does not fit; bits is the analogue)"))
+def test_failed_load_leaves_module_unchanged():
+    """A 4-bit state whose packed width fits an 8-bit module (24 values in 16 bytes; 8 values
+    in 16 bytes): the load raises, and the module keeps its own table."""
+    state4 = QEB.from_float(float_table(10, dim=24), bits=4).state_dict()
+    target = QEB(NUM_EMBEDDINGS, 8, bits=8)
+    before = target.packed_weight.clone()
+    with pytest.raises((RuntimeError, ValueError)):
+        target.load_state_dict(state4)
+    assert torch.equal(target.packed_weight, before), "the 4-bit table was loaded anyway"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,8 +542,10 @@ def test_export_1d(mode, bits):
     with torch.no_grad():
         ep = torch.export.export(model, (inp, offsets))
         assert_same(ep.module()(inp, offsets), model(inp, offsets), "exported")
-        inp2, offsets2, _ = batch_1d(seed=1, padding_idx=2)
-        assert_same(ep.module()(inp2, offsets2), model(inp2, offsets2), "exported, new batch")
+        # Other indices of the same shapes (the program is specialized to the shapes).
+        inp2 = (inp * 7 + 1) % NUM_EMBEDDINGS
+        assert not torch.equal(inp2, inp)
+        assert_same(ep.module()(inp2, offsets), model(inp2, offsets), "exported, new indices")
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -779,8 +779,12 @@ BAD += [
     Bad("padding_idx_too_negative", _set(padding_idx=-11), RuntimeError,
         ("padding_idx", val(-11))),
     # output_dtype
-    Bad("output_dtype_float64", _set(output_dtype=torch.float64), ValueError,
+    # output_dtype: a dtype outside float32/float16/bfloat16 (a dtype error: RuntimeError, as
+    # for weight's and per_sample_weights' dtypes).
+    Bad("output_dtype_float64", _set(output_dtype=torch.float64), RuntimeError,
         ("output_dtype", "float64|double")),
+    Bad("output_dtype_int", _set(output_dtype=torch.int32), RuntimeError,
+        ("output_dtype", "int32|int")),
 ]
 
 
