@@ -29,7 +29,10 @@ zero.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 
 import mybag
 import pytest
@@ -1003,6 +1006,69 @@ def test_thread_count_does_not_change_bits(mode, bits):
         torch.set_num_threads(old)
     assert torch.equal(results[0], results[2]), "output differs between 1 and 2 threads"
     assert torch.equal(results[1], results[3]), "packing differs between 1 and 2 threads"
+
+
+# The CPU's SIMD kernels against its portable loops (MYBAG_CPU_SIMD, csrc/mybag/cpu/isa.h: "0"
+# the portable loops, unset the best the CPU has), bit for bit, at the widths where the kernels
+# change shape (partial vectors, one and several column tiles). (A CPU-only property, kept here
+# with the quantized tests; tests/op/test_cpu_simd.py does the same for the float kernels.)
+
+SIMD_DIMS = [2, 6, 8, 14, 16, 18, 30, 32, 34, 62, 64, 66, 128, 130, 256, 258, 514]
+
+
+def simd_cases():
+    """name -> output, for every width, bits and mode (psw in sum, padding in mean and max)."""
+    g = torch.Generator().manual_seed(77)
+    results = {}
+    for dim in SIMD_DIMS:
+        for bits in BITS:
+            packed = torch_prepack(torch.randn(40, dim, generator=g), bits)
+            lengths = torch.randint(0, 30, (10,), generator=g)
+            lengths[2] = 0
+            inp = torch.randint(0, 40, (int(lengths.sum()),), generator=g)
+            inp[::4] = 3
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
+            psw = torch.randn(inp.shape, generator=g)
+            for mode in MODES:
+                extra = ({"per_sample_weights": psw} if mode == "sum" else {"padding_idx": 3})
+                for out_dtype in [torch.float32, torch.bfloat16]:
+                    results[f"D{dim}-{bits}bit-{mode}-{str(out_dtype)[6:]}"] = qbag(
+                        inp, packed, bits, offsets, mode=mode, output_dtype=out_dtype, **extra)
+    return results
+
+
+def simd_results(setting, path):
+    env = dict(os.environ)
+    env["MYBAG_CPU_SIMD"] = setting
+    # The child imports this file, and through it tests/conftest.py.
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys, torch; sys.path[:0] = sys.argv[1:3]; import test_quantized; "
+            "torch.save(test_quantized.simd_cases(), sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, here, os.path.dirname(here), str(path)],
+                   env=env, check=True)
+    return torch.load(path)
+
+
+def test_simd_kernels_equal_portable_loops(tmp_path):
+    """The portable loops in a subprocess; the kernels this process picked (the best the CPU
+    has, unless MYBAG_CPU_SIMD says otherwise) here."""
+    portable = simd_results("0", tmp_path / "portable.pt")
+    best = simd_cases()
+    assert portable.keys() == best.keys()
+    differ = [k for k in best if not torch.equal(best[k], portable[k])]
+    assert not differ, f"SIMD and portable kernels differ: {differ[:10]}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bits", BITS)
+def test_index_error_names_first_bad_entry(bits, mode):
+    """Bad indices met by different threads: the error names the first one."""
+    packed = torch_prepack(random_table(100, 34), bits)
+    inp = torch.randint(0, 100, (4000,), generator=torch.Generator().manual_seed(8))
+    inp[2500] = -1
+    inp[3900] = 100
+    with pytest.raises(IndexError, match=names("input", "2500", val(-1))):
+        qbag(inp, packed, bits, torch.arange(0, 4000, 10), mode=mode)
 
 
 # ---------------------------------------------------------------------------------------------
