@@ -18,10 +18,14 @@ INTERNAL_OPS = [
     "_embedding_bag_per_entry_grad",
     "_embedding_bag_per_sample_weights_backward",
 ]
-# The ops with a kernel per device (and a Meta kernel): the internal ops above and the fused
-# optimizers' update (its own opcheck tests are in test_fused_opcheck.py). The fused forward
-# is CompositeExplicitAutograd: below autograd it is the plain forward.
-DEVICE_KERNEL_OPS = INTERNAL_OPS + ["_embedding_bag_fused_update_"]
+# The ops with a kernel per device (and a Meta kernel): the internal ops above, the fused
+# optimizers' update (its own opcheck tests are in test_fused_opcheck.py) and the quantized
+# forward (test_quantized.py). The fused forward is CompositeExplicitAutograd: below autograd
+# it is the plain forward.
+DEVICE_KERNEL_OPS = INTERNAL_OPS + ["_embedding_bag_fused_update_", "_quantized_embedding_bag_forward"]
+# quantize_rowwise is written once in ATen operations (CompositeExplicitAutograd) for every
+# device, with a Meta kernel of its own for symbolic shapes.
+META_ONLY_OPS = ["quantize_rowwise"]
 MODES = {"sum": 0, "mean": 1, "max": 2}
 NUM_EMBEDDINGS = 12
 DIM = 5
@@ -292,7 +296,7 @@ def test_every_op_with_a_cpu_kernel_has_a_cuda_kernel():
 
 
 def test_meta_kernels_are_exactly_the_internal_ops():
-    assert _registered("Meta") == {f"mybag::{name}" for name in DEVICE_KERNEL_OPS}
+    assert _registered("Meta") == {f"mybag::{name}" for name in DEVICE_KERNEL_OPS + META_ONLY_OPS}
 
 
 def test_fused_ops_registrations():
@@ -330,7 +334,9 @@ def test_every_schema_is_as_documented():
     update = ops._embedding_bag_fused_update_.default._schema
     written = [a.name for a in update.arguments if a.alias_info is not None and a.alias_info.is_write]
     assert written == ["weight", "state", "step"] and len(update.returns) == 0
-    for name in INTERNAL_OPS[1:] + ["fused_embedding_bag", "_embedding_bag_fused_forward"]:
+    for name in INTERNAL_OPS[1:] + ["fused_embedding_bag", "_embedding_bag_fused_forward",
+                                    "quantized_embedding_bag", "_quantized_embedding_bag_forward",
+                                    "quantize_rowwise"]:
         schema = getattr(ops, name).default._schema
         assert not any(a.alias_info is not None and a.alias_info.is_write
                        for a in schema.arguments), f"{name} must not mutate its arguments"

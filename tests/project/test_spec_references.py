@@ -25,7 +25,8 @@ TEXT_SUFFIXES = {".py", ".cpp", ".h", ".cu", ".cuh", ".md", ".sh", ".txt", ".cma
 SKIPPED_DIRS = {"build", "__pycache__", ".hypothesis", ".pytest_cache", "dist"}
 
 SECTIONS = {1: "Signature", 2: "Bags", 3: "Reductions", 4: "max_norm", 5: "Gradients",
-            6: "Bad input", 7: "Scripting and compiling", 8: "Fused optimizers"}
+            6: "Bad input", 7: "Scripting and compiling", 8: "Fused optimizers",
+            9: "Quantized tables"}
 
 # "spec.md" (or a Markdown link ending in "spec.md)") followed by one or more section numbers.
 CITATION = re.compile(r"spec\.md\)?[ \t]*((?:§\s*\d+(?:\s*(?:-|–|,|and|or)\s*)?)+)")
