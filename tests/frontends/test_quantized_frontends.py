@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import io
-from typing import Optional
 
 import mybag
 import pytest
@@ -90,7 +89,8 @@ def reference(packed, bits, input, offsets=None, mode="mean", per_sample_weights
 
 
 def assert_within(got, expected, bound, msg):
-    assert got.shape == expected.shape, f"{msg}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
+    assert got.shape == expected.shape, \
+        f"{msg}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
     err = (got.detach().cpu().double() - expected).abs()
     bad = ~(err <= bound)
     if bad.any():
@@ -124,7 +124,7 @@ def batch_1d(seed=0, device="cpu", num_bags=5, padding_idx=None, include_last_of
     if include_last_offset:
         offsets = torch.cat([offsets, torch.tensor([inp.numel()])])
     p = torch.randn(inp.shape, generator=g) if psw else None
-    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    to = lambda t: None if t is None else t.to(device)
     return to(inp), to(offsets), to(p)
 
 
@@ -318,7 +318,8 @@ def test_from_torch_packed_bytes_are_torchs(bits):
     """The helper above is right: torch's op on the rebuilt table gives the module's bits."""
     m = torch_quantized_module(bits)
     inp, offsets, p = batch_1d(psw=True)
-    op = tq.embedding_bag_byte_rowwise_offsets if bits == 8 else tq.embedding_bag_4bit_rowwise_offsets
+    op = (tq.embedding_bag_byte_rowwise_offsets if bits == 8
+          else tq.embedding_bag_4bit_rowwise_offsets)
     assert_same(op(packed_bytes_of(m), inp, offsets, False, 0, False, p, None, False),
                 m(inp, offsets, p))
 
@@ -511,7 +512,7 @@ class Model(nn.Module):
         self.bag = bag
         self.linear = nn.Linear(bag.embedding_dim, 3)
 
-    def forward(self, idx: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         return self.linear(self.bag(idx, offsets))
 
 
@@ -635,7 +636,7 @@ def test_module_on_device_equals_cpu(mode, bits, device):
     assert torch.equal(built.packed_weight.cpu(), cpu.packed_weight)
     inp, offsets, p = batch_1d(padding_idx=5, psw=mode == "sum")
     expected = cpu(inp, offsets, p)
-    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    to = lambda t: None if t is None else t.to(device)
     for qm in [moved, built]:
         out = qm(to(inp), to(offsets), to(p))
         assert out.device.type == device

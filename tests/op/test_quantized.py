@@ -38,7 +38,7 @@ import mybag
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_case
+from conftest import make_case, reference_embedding_bag
 
 ops = torch.ops.mybag
 tq = torch.ops.quantized
@@ -66,8 +66,9 @@ def torch_prepack(weight: torch.Tensor, bits: int) -> torch.Tensor:
 def torch_quantized_bag(packed, bits, input, offsets=None, mode="sum", per_sample_weights=None,
                         include_last_offset=False) -> torch.Tensor:
     """torch's quantized embedding bag (CPU only) on a packed table."""
-    op = tq.embedding_bag_byte_rowwise_offsets if bits == 8 else tq.embedding_bag_4bit_rowwise_offsets
-    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+    op = (tq.embedding_bag_byte_rowwise_offsets if bits == 8
+          else tq.embedding_bag_4bit_rowwise_offsets)
+    cpu = lambda t: None if t is None else t.cpu()
     return op(packed.cpu(), input.cpu(), cpu(offsets), False, MODE_CODES[mode], False,
               cpu(per_sample_weights), None, include_last_offset)
 
@@ -136,7 +137,8 @@ def _first_bad(bad: torch.Tensor):
 
 def assert_within(got: torch.Tensor, expected: torch.Tensor, bound: torch.Tensor, msg: str):
     """|got - expected| <= bound elementwise (float64 on the CPU); a NaN fails."""
-    assert got.shape == expected.shape, f"{msg}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
+    assert got.shape == expected.shape, \
+        f"{msg}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
     err = (got.detach().cpu().double() - expected).abs()
     bad = ~(err <= bound)
     if bad.any():
@@ -543,6 +545,29 @@ def test_max_ties_and_all_negative(mode, bits, device):
 
 
 @pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_in_the_table(mode, bits, device):
+    """A row whose bias is NaN (written into the packed bytes): every bag holding it is NaN in
+    every column, in max mode too, wherever the row stands in the bag (docs/spec.md §3, §9: NaN
+    wins); the other bags are unaffected. Against conftest's reference (the spec's NaN rule;
+    F.embedding_bag keeps a NaN only when it comes first)."""
+    packed = torch_prepack(random_table(8, 6, seed=5), bits)
+    qparams = packed[:, -8:].clone() if bits == 8 else packed[:, -4:].clone()
+    view = qparams.view(torch.float32 if bits == 8 else torch.float16)
+    view[2, 1] = float("nan")  # row 2's bias
+    packed[:, -qparams.shape[1]:] = qparams
+    inp = torch.tensor([0, 1, 2, 4, 2, 5, 6, 7, 1])
+    offsets = torch.tensor([0, 3, 4, 6])  # bags [0 1 2] [4] [2 5] [6 7 1]
+    out = qbag(inp.to(device), packed.to(device), bits, offsets.to(device), mode=mode).cpu()
+    expected = reference_embedding_bag(inp, dequantized64(packed, bits), offsets, mode)
+    assert torch.isnan(out[[0, 2]]).all(), out
+    assert not torch.isnan(out[[1, 3]]).any(), out
+    _, mag = reference(packed, bits, inp, offsets, mode)
+    rows = [1, 3]
+    assert_matches(out[rows], expected[rows], mag[rows], f"NaN table {mode} bits={bits}")
+
+
+@pytest.mark.parametrize("bits", BITS)
 def test_no_bags_and_no_entries(bits, device):
     """1-D input with no indices and offsets of B zeros: B bags of zeros; no bags at all:
     (0, D); 2-D input of zero-length bags: zeros."""
@@ -747,6 +772,11 @@ BAD += [
     Bad("packed_too_few_columns",
         _set(packed_weight=lambda kw: kw["packed_weight"][:, :3].contiguous()), ValueError,
         ("packed_weight", val(3))),
+    # No room for a value besides the scale and bias: 8 columns for 8 bits, 4 for 4 bits.
+    Bad("packed_only_qparams",
+        _set(packed_weight=lambda kw: kw["packed_weight"][:, -(8 if kw["bits"] == 8 else 4):]
+             .contiguous()),
+        ValueError, ("packed_weight",)),
     # bits
     Bad("bits_3", _set(bits=3), ValueError, ("bits", val(3))),
     Bad("bits_16", _set(bits=16), ValueError, ("bits", val(16))),
@@ -839,6 +869,19 @@ def test_base_call_is_valid(bits, device):
             assert_matches(out, ref, mag, f"{shape} bits={bits}")
 
 
+@pytest.mark.parametrize("bits", BITS)
+def test_narrowest_table(bits, device):
+    """One value a row (8 bits: D = 1, 9 columns) or two (4 bits: D = 2, 5 columns) is valid."""
+    dim = 1 if bits == 8 else 2
+    packed = torch_prepack(random_table(6, dim, seed=9), bits).to(device)
+    assert packed.shape[1] == (9 if bits == 8 else 5)
+    inp = torch.tensor([0, 5, 3, 3, 1], device=device)
+    offsets = torch.tensor([0, 2], device=device)
+    for mode in MODES:
+        ref, mag = reference(packed, bits, inp, offsets, mode)
+        assert_matches(qbag(inp, packed, bits, offsets, mode=mode), ref, mag, mode)
+
+
 def test_wrong_bits_for_the_table_is_caught_by_width():
     """A 4-bit table read as 8 bits (or the reverse) is no error when its width fits both
     layouts, but the D it implies differs: the output width tells."""
@@ -922,7 +965,7 @@ class OpSample:
             inp.view(-1)[[0, 3, 4]] = self.padding_idx % 12
         inp = inp.to(self.index_dtype)
         psw = torch.rand(inp.shape, generator=g) if self.psw else None
-        to = lambda t: None if t is None else t.to(device)  # noqa: E731
+        to = lambda t: None if t is None else t.to(device)
         return (to(packed), to(inp), to(offsets), to(psw), self.bits, MODE_CODES[self.mode],
                 self.padding_idx, self.include_last_offset, self.output_dtype)
 
@@ -945,7 +988,7 @@ def test_opcheck_forward(s, device):
 def test_forward_op_is_the_public_op():
     """opcheck is not vacuous: the internal op computes the public op's output."""
     for s in OP_SAMPLES:
-        packed, inp, offsets, psw, bits, mode, pad, ilo, out_dtype = s.args("cpu")
+        packed, inp, offsets, psw, bits, _mode, pad, ilo, out_dtype = s.args("cpu")
         got = ops._quantized_embedding_bag_forward(*s.args("cpu"))
         expected = mybag.quantized_embedding_bag(inp, packed, bits, offsets, mode=s.mode,
                                                  per_sample_weights=psw, include_last_offset=ilo,
@@ -963,7 +1006,7 @@ def test_opcheck_quantize(dtype, bits, device):
 
 @pytest.mark.parametrize("s", OP_SAMPLES[:3], ids=[s.id for s in OP_SAMPLES[:3]])
 def test_opcheck_public(s, device):
-    packed, inp, offsets, psw, bits, mode, pad, ilo, out_dtype = s.args(device)
+    packed, inp, offsets, psw, bits, _mode, pad, ilo, out_dtype = s.args(device)
     torch.library.opcheck(ops.quantized_embedding_bag.default,
                           (inp, packed, bits, offsets, s.mode, psw, ilo, pad, out_dtype))
 
