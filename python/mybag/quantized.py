@@ -310,12 +310,24 @@ class QuantizedEmbeddingBag(nn.Module):
         return {"bits": self.bits, "embedding_dim": self.embedding_dim}
 
     def set_extra_state(self, state: Dict[str, int]) -> None:
+        self._check_state(state)
+
+    def _check_state(self, state: Dict[str, int]) -> None:
         if state.get("bits") != self.bits or state.get("embedding_dim") != self.embedding_dim:
             raise RuntimeError(
                 f"QuantizedEmbeddingBag: the state holds a {state.get('bits')}-bit table of "
                 f"embedding_dim {state.get('embedding_dim')}, but this module has a "
                 f"{self.bits}-bit table of embedding_dim {self.embedding_dim}"
             )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # The layout is checked before any buffer is copied: nn.Module loads buffers first and
+        # extra state last, so a table of the other layout (same byte count per row is
+        # possible: 8 bits of D against 4 bits of 2D + 8) would be written, then refused.
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            self._check_state(extra)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, mode='{self.mode}'"
