@@ -465,13 +465,11 @@ def test_state_dict_of_4_bits_into_8_bits_module_raises():
     assert target.bits == 8
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: torch's Module._load_from_state_dict copies packed_weight (its shape fits) "
-    "before set_extra_state checks bits, so the failed load leaves a 4-bit table in an 8-bit "
-    "module (torch skips the copy of a buffer whose shape does not fit; bits is the analogue)"))
 def test_failed_load_leaves_module_unchanged():
     """A 4-bit state whose packed width fits an 8-bit module (24 values in 16 bytes; 8 values
-    in 16 bytes): the load raises, and the module keeps its own table."""
+    in 16 bytes): the load raises, and the module keeps its own table (torch's
+    Module._load_from_state_dict copies buffers before it sets the extra state, so the layout
+    has to be checked before that)."""
     state4 = QEB.from_float(float_table(10, dim=24), bits=4).state_dict()
     target = QEB(NUM_EMBEDDINGS, 8, bits=8)
     before = target.packed_weight.clone()
