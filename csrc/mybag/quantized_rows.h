@@ -63,7 +63,12 @@ C10_HOST_DEVICE inline uint8_t quantized_value(const uint8_t* row, int64_t d) {
 // equals torch's quantized ops bit for bit): the entry's per-sample weight scales its row's scale
 // and bias (scale * w, bias * w), then each column adds acc = fma(scale, q, acc + bias).
 C10_HOST_DEVICE inline RowQParams weighted(RowQParams p, float weight) {
+#ifdef __CUDA_ARCH__
+  // Rounded products: nvcc would otherwise fuse bias * w into the add that follows.
+  return {__fmul_rn(p.scale, weight), __fmul_rn(p.bias, weight)};
+#else
   return {p.scale * weight, p.bias * weight};
+#endif
 }
 C10_HOST_DEVICE inline float accumulate(float acc, RowQParams p, float q) {
   return fmaf(p.scale, q, acc + p.bias);

@@ -9,6 +9,12 @@
 
 namespace mybag {
 
+// A row index the CUDA kernels may touch: in the table and not padding. Out-of-range rows reach
+// them only with value checks off, and are then skipped like padding.
+C10_HOST_DEVICE inline bool row_used(int64_t row, int64_t num_weights, int64_t padding_row) {
+  return row >= 0 && row < num_weights && row != padding_row;
+}
+
 // max mode: whether `candidate` replaces `best` as the bag's maximum of one feature. Strictly
 // greater keeps the first of equal values (the gradient goes to it); a NaN wins and then stays,
 // wherever it stands in the bag (torch keeps it only when it comes first).

@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "mybag/reductions.h"  // row_used, which every kernel here skips rows by
+
 namespace mybag::cuda {
 
 constexpr int kWarpSize = 32;
@@ -65,12 +67,6 @@ __device__ inline int64_t warp_item() {
 }
 __device__ inline int64_t warp_stride() {
   return static_cast<int64_t>(gridDim.x) * blockDim.y;
-}
-
-// A row index the kernels may touch: in the table and not padding. Out-of-range rows reach the
-// kernels only with value checks off, and are then skipped like padding.
-__device__ inline bool row_used(int64_t row, int64_t num_weights, int64_t padding_row) {
-  return row >= 0 && row < num_weights && row != padding_row;
 }
 
 // Sum over the warp's lanes, the same tree every time (so the same bits every run).

@@ -11,7 +11,7 @@
 // those columns are computed and never stored.
 //
 // The arithmetic is quantized_rows.h's, per column in entry order, and every product is rounded
-// on its own (see weighted_unfused): the CPU kernels' bits.
+// on its own (weighted): the CPU kernels' bits.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -107,23 +107,6 @@ C10_HOST_DEVICE inline RowQParams load_qparams(const uint8_t* row, int64_t dim) 
   }
 }
 
-// weighted (quantized_rows.h), with products nvcc may not fuse: by default (-fmad=true) it may
-// turn bias * w and the acc + bias * w that follows into one fma, rounded once where the CPU
-// rounds twice. __fmul_rn is never fused.
-C10_HOST_DEVICE inline RowQParams weighted_unfused(RowQParams p, float weight) {
-#ifdef __CUDA_ARCH__
-  return {__fmul_rn(p.scale, weight), __fmul_rn(p.bias, weight)};
-#else
-  return weighted(p, weight);
-#endif
-}
-
-// row_used (cuda/launch.cuh), callable on the host too: an out-of-range index reaches the
-// kernels only with value checks off, and is skipped like padding.
-C10_HOST_DEVICE inline bool row_in_use(int64_t row, int64_t num_weights, int64_t padding_row) {
-  return row >= 0 && row < num_weights && row != padding_row;
-}
-
 template <typename T>
 struct alignas(16) Pack16 {
   T values[16 / sizeof(T)];
@@ -172,12 +155,12 @@ struct EntryGroup {
       used[u] = false;
       if (entry < end) {
         const int64_t row = a.indices[entry];
-        used[u] = row_in_use(row, a.num_weights, a.padding_idx);
+        used[u] = row_used(row, a.num_weights, a.padding_idx);
         if (used[u]) {
           const uint8_t* values = a.packed + row * a.row_bytes;
           chunk[u] = load_chunk<kWidth>(values + byte_offset);
           params[u] = load_qparams<kBits, kWidth>(values, a.dim);
-          if (weigh) params[u] = weighted_unfused(params[u], a.per_sample_weights[entry]);
+          if (weigh) params[u] = weighted(params[u], a.per_sample_weights[entry]);
         }
       }
     }
