@@ -1,6 +1,7 @@
 """What only CUDA has: the value-check switch (tested on every machine, GPU or not) and, on a
 GPU, determinism, hot rows against the CPU, bfloat16 max backward, side streams, CUDA graph
-capture, and out-of-range indices contained with the checks off.
+capture, out-of-range indices contained with the checks off, and the quantized kernel's load
+widths (a table at any alignment).
 
 Everything else runs on CUDA through the ``device`` fixture in the operator's property files
 (tests/op/): parity (with CUDA against CPU), gradients, errors (CUDA errors read like the CPU's),
@@ -223,4 +224,65 @@ def test_checks_off_contains_bad_indices(mode):
     with mybag.cuda_value_checks(False):
         bad_offsets = torch.tensor([0, 9, 1], device="cuda")
         mybag.embedding_bag(input.clamp(0, 9), weight, bad_offsets, mode=mode)
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+# The quantized forward's CUDA kernel: its load width depends on the table's alignment, which
+# only CUDA has (tests/op/test_quantized.py covers its values on every device).
+
+
+def _quantized_case(bits, dim, rows=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    packed = mybag.quantize_rowwise(torch.randn(rows, dim, generator=g), bits)
+    input = torch.randint(0, rows, (300,), generator=g)
+    offsets = torch.tensor([0, 0, 7, 40, 41, 150, 299])
+    return packed, input, offsets
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dim", [2, 6, 8, 14, 24, 56, 100, 120, 130, 248, 512])
+@pytest.mark.parametrize("shift", [0, 1, 2, 4, 8, 12])
+@pytest.mark.parametrize("mode", MODES)
+def test_quantized_any_table_alignment_matches_cpu(bits, dim, shift, mode):
+    """The kernel reads rows 16, 8, 4 or 1 bytes at a time, by the table's base address and row
+    length: a table starting `shift` bytes into a buffer gets each width; every one gives the
+    CPU's bits."""
+    packed, input, offsets = _quantized_case(bits, dim)
+    buffer = torch.zeros(packed.numel() + shift, dtype=torch.uint8, device="cuda")
+    table = buffer[shift:].view(packed.shape)
+    table.copy_(packed)
+    psw = torch.rand(input.shape) if mode == "sum" else None
+    expected = mybag.quantized_embedding_bag(input, packed, bits, offsets, mode=mode,
+                                             per_sample_weights=psw, padding_idx=3)
+    out = mybag.quantized_embedding_bag(input.cuda(), table, bits, offsets.cuda(), mode=mode,
+                                        per_sample_weights=None if psw is None else psw.cuda(),
+                                        padding_idx=3)
+    assert torch.equal(out.cpu(), expected)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("mode", MODES)
+def test_quantized_checks_off_contains_bad_indices(bits, mode):
+    """With checks off, out-of-range indices are skipped like padding and bad offsets clamped;
+    nothing is read out of bounds (compute-sanitizer checks that)."""
+    packed, input, offsets = _quantized_case(bits, 64)
+    input = input.clamp(min=1)  # row 0 stands for the bad entries below
+    bad = input.clone()
+    bad[[5, 60, 200]] = torch.tensor([-1, 50, 10**9])
+    with mybag.cuda_value_checks(False):
+        out = mybag.quantized_embedding_bag(bad.cuda(), packed.cuda(), bits, offsets.cuda(),
+                                            mode=mode)
+        torch.cuda.synchronize()
+    # The same as the bad entries naming a padding row (skipped, not counted).
+    padded = input.clone()
+    padded[[5, 60, 200]] = 0
+    expected = mybag.quantized_embedding_bag(padded, packed, bits, offsets, mode=mode,
+                                             padding_idx=0)
+    assert torch.equal(out.cpu(), expected)
+    with mybag.cuda_value_checks(False):
+        bad_offsets = torch.tensor([0, 290, 1, 400], device="cuda")
+        mybag.quantized_embedding_bag(input.cuda(), packed.cuda(), bits, bad_offsets, mode=mode)
         torch.cuda.synchronize()
