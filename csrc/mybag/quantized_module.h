@@ -112,16 +112,17 @@ class QuantizedEmbeddingBag : public torch::nn::ModuleHolder<QuantizedEmbeddingB
   // mybag::quantize_rowwise, on its device; c10::ValueError for a table that is not 2-D. The
   // packed table is the module's buffer only (options._packed_weight() is left undefined, so
   // that no second reference keeps it alive once the buffer moves or is loaded over).
-  static QuantizedEmbeddingBag from_float(const torch::Tensor& weight,
-                                          const QuantizedEmbeddingBagFromFloatOptions& options = {});
+  static QuantizedEmbeddingBag from_float(
+      const torch::Tensor& weight, const QuantizedEmbeddingBagFromFloatOptions& options = {});
   // Quantizes a module's table, keeping its mode, include_last_offset and padding_idx unless
   // options sets them. Its max_norm is applied to every row before quantizing: a lookup
   // renormalizes each row it reads the same way, so the outputs are the float module's, up to
   // quantization. scale_grad_by_freq and sparse concern training and are dropped.
-  static QuantizedEmbeddingBag from_float(const torch::nn::EmbeddingBag& bag,
-                                          const QuantizedEmbeddingBagFromFloatOptions& options = {});
-  static QuantizedEmbeddingBag from_float(const EmbeddingBag& bag,
-                                          const QuantizedEmbeddingBagFromFloatOptions& options = {});
+  static QuantizedEmbeddingBag from_float(
+      const torch::nn::EmbeddingBag& bag,
+      const QuantizedEmbeddingBagFromFloatOptions& options = {});
+  static QuantizedEmbeddingBag from_float(
+      const EmbeddingBag& bag, const QuantizedEmbeddingBagFromFloatOptions& options = {});
 };
 
 }  // namespace mybag

@@ -454,7 +454,8 @@ void test_from_float() {
     EXPECT(four->options.include_last_offset());
     EXPECT(four->options.padding_idx() == std::optional<int64_t>(kNum - 1));
     EXPECT_EQ(four->options.output_dtype(), torch::kHalf);
-    EXPECT_EQUAL(four->packed_weight, torch_prepack(table.to(torch::kBFloat16).to(torch::kFloat), 4));
+    EXPECT_EQUAL(four->packed_weight,
+                 torch_prepack(table.to(torch::kBFloat16).to(torch::kFloat), 4));
   }
   const auto table_options = torch::nn::EmbeddingBagOptions(kNum, kDim)
                                  .mode(torch::kSum)
@@ -684,7 +685,8 @@ void test_errors() {
   EXPECT_THROWS(c10::ValueError, mybag::QuantizedEmbeddingBag::from_float(torch::randn({kDim})),
                 "from_float: a table has to be 2-D");
   EXPECT_THROWS(c10::Error,
-                mybag::QuantizedEmbeddingBag::from_float(torch::randn({kNum, kDim}, torch::kDouble)),
+                mybag::QuantizedEmbeddingBag::from_float(
+                    torch::randn({kNum, kDim}, torch::kDouble)),
                 "weight has to be float32, float16 or bfloat16");
   mybag::QuantizedEmbeddingBag bag(Options(options).mode(torch::kSum));
   EXPECT_THROWS(c10::Error, bag(input, Tensor(), torch::ones({1, 2}).requires_grad_()),
