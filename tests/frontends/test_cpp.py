@@ -4,9 +4,11 @@ scripts/build_cpp.sh runs the README's C++ commands word for word (build and ins
 CMake, build and run the example as a project that finds the installed package by its prefix
 alone), then builds tests/frontends/cpp as another such project and runs it with ctest: the C++ API
 against torch::nn::functional::embedding_bag, the C++ module against torch::nn::EmbeddingBag, the
-fused-optimizer module against torch::nn::EmbeddingBag + torch::optim, a TorchScript model saved
-in Python loaded, run and trained in C++, and the example program. The build directories
-(build/lib, build/cpp-tests, ...) are kept, so later runs are incremental.
+fused-optimizer module against torch::nn::EmbeddingBag + torch::optim, the quantized functional
+form and module against torch's prepack and quantized ops and F::embedding_bag over the unpacked
+table, a TorchScript model saved in Python loaded, run and trained in C++, and the example
+program. The build directories (build/lib, build/cpp-tests, ...) are kept, so later runs are
+incremental.
 """
 
 import re
@@ -17,7 +19,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CTEST_NAMES = ["test_functional", "test_module", "test_fused", "test_torchscript", "example"]
+CTEST_NAMES = [
+    "test_functional",
+    "test_module",
+    "test_fused",
+    "test_quantized",
+    "test_torchscript",
+    "example",
+]
 
 
 @pytest.fixture(scope="module")
