@@ -326,6 +326,8 @@ def measure(case: ServeCase, x: bench.Inputs, device: str, settings: dict[str, A
                                         f"{error}") from error  # fmt: skip
                 notes.append(f"{name} raised {type(error).__name__}: {error}; not timed")
                 del calls[name]
+    if not isinstance(outputs["mybag_q"], Tensor):
+        raise MismatchError(f"{case.name}: mybag_q produced no tensor")
     wrong = []
     for name in [n for n in QUANTIZED if n in outputs]:
         try:
