@@ -39,25 +39,16 @@ bool is_supported_weight_dtype(at::ScalarType t) {
 
 }  // namespace
 
-void check_inputs(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const std::optional<at::Tensor>& offsets,
-    const std::optional<at::Tensor>& per_sample_weights,
-    Mode mode,
-    bool include_last_offset) {
-  TORCH_CHECK_VALUE(weight.dim() == 2,
-                    "embedding_bag: weight has to be a 2-D tensor (num_embeddings, embedding_dim), "
-                    "but got a tensor of dimension ", weight.dim(), " and shape ", weight.sizes());
-  TORCH_CHECK(is_supported_weight_dtype(weight.scalar_type()),
-              "embedding_bag: weight has to be float32, float64, float16 or bfloat16, but got ",
-              weight.scalar_type());
+void check_bag_inputs(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
+                      const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                      bool include_last_offset, const at::Tensor& table, const char* table_name) {
   TORCH_CHECK(is_index_dtype(input.scalar_type()),
               "embedding_bag: input has to hold int32 or int64 indices, but got ",
               input.scalar_type());
-  TORCH_CHECK(input.device() == weight.device(),
-              "embedding_bag: input and weight have to be on the same device, but input is on ",
-              input.device(), " and weight on ", weight.device());
+  TORCH_CHECK(input.device() == table.device(),
+              "embedding_bag: input and ", table_name,
+              " have to be on the same device, but input is on ", input.device(), " and ",
+              table_name, " on ", table.device());
 
   const bool has_offsets = offsets.has_value() && offsets->defined();
   if (input.dim() == 2) {
@@ -76,9 +67,10 @@ void check_inputs(
     TORCH_CHECK(offsets->scalar_type() == input.scalar_type(),
                 "embedding_bag: input and offsets have to share one dtype here, but got ",
                 input.scalar_type(), " and ", offsets->scalar_type());
-    TORCH_CHECK(offsets->device() == weight.device(),
-                "embedding_bag: offsets and weight have to be on the same device, but offsets is on ",
-                offsets->device(), " and weight on ", weight.device());
+    TORCH_CHECK(offsets->device() == table.device(),
+                "embedding_bag: offsets and ", table_name,
+                " have to be on the same device, but offsets is on ", offsets->device(), " and ",
+                table_name, " on ", table.device());
     TORCH_CHECK_VALUE(!include_last_offset || offsets->sym_numel() >= 1,
                       "embedding_bag: include_last_offset=True needs offsets with B + 1 entries for B "
                       "bags (at least 1), but got an empty offsets");
@@ -97,12 +89,32 @@ void check_inputs(
     TORCH_CHECK_VALUE(psw.sym_sizes() == input.sym_sizes(),
                       "embedding_bag: per_sample_weights has to have the shape of input ",
                       input.sym_sizes(), ", but got shape ", psw.sym_sizes());
-    TORCH_CHECK(psw.scalar_type() == weight.scalar_type(),
+    TORCH_CHECK(psw.device() == table.device(),
+                "embedding_bag: per_sample_weights and ", table_name,
+                " have to be on the same device, but per_sample_weights is on ", psw.device(),
+                " and ", table_name, " on ", table.device());
+  }
+}
+
+void check_inputs(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& offsets,
+    const std::optional<at::Tensor>& per_sample_weights,
+    Mode mode,
+    bool include_last_offset) {
+  TORCH_CHECK_VALUE(weight.dim() == 2,
+                    "embedding_bag: weight has to be a 2-D tensor (num_embeddings, embedding_dim), "
+                    "but got a tensor of dimension ", weight.dim(), " and shape ", weight.sizes());
+  TORCH_CHECK(is_supported_weight_dtype(weight.scalar_type()),
+              "embedding_bag: weight has to be float32, float64, float16 or bfloat16, but got ",
+              weight.scalar_type());
+  check_bag_inputs(input, offsets, per_sample_weights, mode, include_last_offset, weight,
+                   "weight");
+  if (per_sample_weights.has_value() && per_sample_weights->defined()) {
+    TORCH_CHECK(per_sample_weights->scalar_type() == weight.scalar_type(),
                 "embedding_bag: per_sample_weights has to have the dtype of weight (",
-                weight.scalar_type(), "), but got ", psw.scalar_type());
-    TORCH_CHECK(psw.device() == weight.device(),
-                "embedding_bag: per_sample_weights and weight have to be on the same device, but "
-                "per_sample_weights is on ", psw.device(), " and weight on ", weight.device());
+                weight.scalar_type(), "), but got ", per_sample_weights->scalar_type());
   }
 }
 

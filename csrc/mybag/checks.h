@@ -35,6 +35,14 @@ void check_inputs(
     Mode mode,
     bool include_last_offset);
 
+// The bag arguments alone: input and offsets (dtypes, shapes, devices), per_sample_weights'
+// presence against mode, its shape and device; table is the tensor they index, named
+// table_name in the messages. check_inputs (the float table) and the quantized op
+// (quantized_checks.h) each add their table's own checks.
+void check_bag_inputs(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
+                      const std::optional<at::Tensor>& per_sample_weights, Mode mode,
+                      bool include_last_offset, const at::Tensor& table, const char* table_name);
+
 // The public op's index dtypes, before promotion: int32 or int64, or (as torch allows) int8,
 // uint8 or int16 for one of input and offsets when the other is int32 or int64.
 void check_index_dtypes(const at::Tensor& input, const std::optional<at::Tensor>& offsets);

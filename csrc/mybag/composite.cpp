@@ -1,6 +1,6 @@
-// The public operator, mybag::embedding_bag, as a CompositeImplicitAutograd kernel: it runs on
-// every device and under every tracer by calling the internal ops, which hold the device
-// kernels, the Meta kernels and autograd.
+// The public operators (embedding_bag, fused_embedding_bag, quantized_embedding_bag) as
+// CompositeImplicitAutograd kernels: they run on every device and under every tracer by calling
+// the internal ops, which hold the device kernels, the Meta kernels and autograd.
 //
 // Order matters for "a failed call modifies nothing": with max_norm, every check that needs no
 // index values runs here first, and the renorm op then checks the index values before it writes.
@@ -38,9 +38,9 @@ std::pair<at::Tensor, std::optional<at::Tensor>> promoted_indices(
   return {input.to(common), offsets->to(common)};
 }
 
-// What both public ops do before their forward: nested tensors rejected, the mode parsed,
-// absent tensors normalized, indices promoted to one dtype and, with max_norm, every check the
-// forward would run done before the renorm writes the referenced rows.
+// What every public op does before its forward: nested tensors rejected, the mode parsed,
+// absent tensors normalized and indices promoted to one dtype. `table` is the tensor the bags
+// index, named table_name.
 struct PreparedCall {
   Mode mode;
   at::Tensor indices;
@@ -49,14 +49,13 @@ struct PreparedCall {
   bool include_last_offset;
 };
 
-PreparedCall prepare_call(const at::Tensor& input, const at::Tensor& weight,
-                          const std::optional<at::Tensor>& offsets_arg,
-                          std::optional<double> max_norm, double norm_type,
-                          bool scale_grad_by_freq, c10::string_view mode_name, bool sparse,
+PreparedCall prepare_bags(const at::Tensor& input, const at::Tensor& table,
+                          const char* table_name, const std::optional<at::Tensor>& offsets_arg,
+                          c10::string_view mode_name,
                           const std::optional<at::Tensor>& per_sample_weights_arg,
-                          bool include_last_offset_arg, std::optional<int64_t> padding_idx) {
+                          bool include_last_offset_arg) {
   check_not_nested("input", input);
-  check_not_nested("weight", weight);
+  check_not_nested(table_name, table);
   if (offsets_arg.has_value()) check_not_nested("offsets", *offsets_arg);
   if (per_sample_weights_arg.has_value()) {
     check_not_nested("per_sample_weights", *per_sample_weights_arg);
@@ -71,7 +70,19 @@ PreparedCall prepare_call(const at::Tensor& input, const at::Tensor& weight,
   call.include_last_offset = input.dim() == 2 ? false : include_last_offset_arg;
   check_index_dtypes(input, offsets);
   std::tie(call.indices, call.offsets) = promoted_indices(input, offsets);
+  return call;
+}
 
+// The float ops: prepare_bags, then with max_norm every check the forward would run, done
+// before the renorm writes the referenced rows.
+PreparedCall prepare_call(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& offsets_arg,
+                          std::optional<double> max_norm, double norm_type,
+                          bool scale_grad_by_freq, c10::string_view mode_name, bool sparse,
+                          const std::optional<at::Tensor>& per_sample_weights_arg,
+                          bool include_last_offset_arg, std::optional<int64_t> padding_idx) {
+  PreparedCall call = prepare_bags(input, weight, "weight", offsets_arg, mode_name,
+                                   per_sample_weights_arg, include_last_offset_arg);
   if (max_norm.has_value()) {
     // The renorm writes before the forward runs: everything the forward would reject is
     // rejected first (without max_norm the forward's own checks are the only ones).
@@ -129,11 +140,33 @@ at::Tensor fused_embedding_bag_composite(
                             beta1, beta2, weight_decay, lr_decay);
 }
 
+// The quantized op: the bags prepared as for embedding_bag; float16 and bfloat16
+// per_sample_weights become float32 (exactly), the dtype the kernels read.
+at::Tensor quantized_embedding_bag_composite(
+    const at::Tensor& input, const at::Tensor& packed_weight, int64_t bits,
+    const std::optional<at::Tensor>& offsets, c10::string_view mode_name,
+    const std::optional<at::Tensor>& per_sample_weights, bool include_last_offset,
+    std::optional<int64_t> padding_idx, std::optional<at::ScalarType> output_dtype) {
+  PreparedCall call = prepare_bags(input, packed_weight, "packed_weight", offsets, mode_name,
+                                   per_sample_weights, include_last_offset);
+  if (call.per_sample_weights.has_value()) {
+    const auto t = call.per_sample_weights->scalar_type();
+    if (t == at::kHalf || t == at::kBFloat16) {
+      call.per_sample_weights = call.per_sample_weights->to(at::kFloat);
+    }
+  }
+  return ops::quantized_forward(packed_weight, call.indices, call.offsets,
+                                call.per_sample_weights, bits, static_cast<int64_t>(call.mode),
+                                padding_idx, call.include_last_offset,
+                                output_dtype.value_or(at::kFloat));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mybag, CompositeImplicitAutograd, m) {
   m.impl("embedding_bag", &embedding_bag_composite);
   m.impl("fused_embedding_bag", &fused_embedding_bag_composite);
+  m.impl("quantized_embedding_bag", &quantized_embedding_bag_composite);
 }
 
 }  // namespace mybag

@@ -125,4 +125,20 @@ inline void fused_update_(at::Tensor& weight, at::TensorList state, at::Tensor& 
           weight_decay, lr_decay);
 }
 
+inline at::Tensor quantized_forward(const at::Tensor& packed_weight, const at::Tensor& input,
+                                    const std::optional<at::Tensor>& offsets,
+                                    const std::optional<at::Tensor>& per_sample_weights,
+                                    int64_t bits, int64_t mode,
+                                    std::optional<int64_t> padding_idx, bool include_last_offset,
+                                    at::ScalarType output_dtype) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mybag::_quantized_embedding_bag_forward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                         const std::optional<at::Tensor>&,
+                                         const std::optional<at::Tensor>&, int64_t, int64_t,
+                                         std::optional<int64_t>, bool, at::ScalarType)>();
+  return op.call(packed_weight, input, offsets, per_sample_weights, bits, mode, padding_idx,
+                 include_last_offset, output_dtype);
+}
+
 }  // namespace mybag::ops

@@ -4,6 +4,7 @@
 
 #include "mybag/checks.h"
 #include "mybag/optimizer_checks.h"
+#include "mybag/quantized_checks.h"
 
 namespace mybag {
 namespace {
@@ -40,6 +41,21 @@ KernelInputs prepare_forward(const at::Tensor& weight, const at::Tensor& input,
                      include_last_offset, scale_grad_by_freq, sparse);
   return contiguous_inputs(mode, input, offsets, per_sample_weights, padding_idx,
                            include_last_offset, weight.size(0), weight.size(1));
+}
+
+KernelInputs prepare_quantized_forward(const at::Tensor& packed_weight, const at::Tensor& input,
+                                       const std::optional<at::Tensor>& offsets,
+                                       const std::optional<at::Tensor>& per_sample_weights,
+                                       int64_t bits, int64_t mode_value,
+                                       std::optional<int64_t> padding_idx,
+                                       bool include_last_offset, at::ScalarType output_dtype) {
+  const Mode mode = mode_from_int(mode_value);
+  const int64_t dim = check_quantized_forward_args(packed_weight, input, offsets,
+                                                   per_sample_weights, bits, mode, padding_idx,
+                                                   include_last_offset, output_dtype)
+                          .expect_int();
+  return contiguous_inputs(mode, input, offsets, per_sample_weights, padding_idx,
+                           include_last_offset, packed_weight.size(0), dim);
 }
 
 std::tuple<at::Tensor, at::Tensor> allocate_forward_outputs(const KernelInputs& in,

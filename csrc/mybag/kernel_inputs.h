@@ -50,6 +50,14 @@ KernelInputs prepare_per_sample_weights_grad(const at::Tensor& grad, at::Tensor&
                                              std::optional<int64_t> padding_idx,
                                              bool include_last_offset);
 
+// For _quantized_embedding_bag_forward (quantized_checks.h); dim is the table's D.
+KernelInputs prepare_quantized_forward(const at::Tensor& packed_weight, const at::Tensor& input,
+                                       const std::optional<at::Tensor>& offsets,
+                                       const std::optional<at::Tensor>& per_sample_weights,
+                                       int64_t bits, int64_t mode_value,
+                                       std::optional<int64_t> padding_idx,
+                                       bool include_last_offset, at::ScalarType output_dtype);
+
 // For _embedding_bag_fused_update_: parses the optimizer, runs every check that needs no values
 // (mybag/optimizer_checks.h) and prepares the inputs as for the dense gradient; grad is made
 // contiguous. The index values are each device's to check.

@@ -6,6 +6,7 @@
 
 #include "mybag/checks.h"
 #include "mybag/optimizer_checks.h"
+#include "mybag/quantized_checks.h"
 
 namespace mybag {
 namespace {
@@ -80,6 +81,26 @@ void fused_update_meta(at::Tensor& weight, at::TensorList state, at::Tensor& ste
                           mode_value, padding_idx, include_last_offset, scale_grad_by_freq);
 }
 
+at::Tensor quantize_rowwise_meta(const at::Tensor& weight, int64_t bits) {
+  check_quantize_weight(weight, bits);
+  const c10::SymInt& dim = weight.sym_size(1);
+  c10::SymInt columns = bits == 8 ? dim + 8 : dim / 2 + 4;
+  return at::empty_symint({weight.sym_size(0), std::move(columns)},
+                          weight.options().dtype(at::kByte));
+}
+
+at::Tensor quantized_forward_meta(const at::Tensor& packed_weight, const at::Tensor& input,
+                                  const std::optional<at::Tensor>& offsets,
+                                  const std::optional<at::Tensor>& per_sample_weights,
+                                  int64_t bits, int64_t mode, std::optional<int64_t> padding_idx,
+                                  bool include_last_offset, at::ScalarType output_dtype) {
+  c10::SymInt dim = check_quantized_forward_args(packed_weight, input, offsets,
+                                                 per_sample_weights, bits, mode_from_int(mode),
+                                                 padding_idx, include_last_offset, output_dtype);
+  return at::empty_symint({num_bags(input, offsets, include_last_offset), std::move(dim)},
+                          packed_weight.options().dtype(output_dtype));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mybag, Meta, m) {
@@ -89,6 +110,8 @@ TORCH_LIBRARY_IMPL(mybag, Meta, m) {
   m.impl("_embedding_bag_dense_backward", &dense_backward_meta);
   m.impl("_embedding_bag_per_entry_grad", &per_entry_grad_meta);
   m.impl("_embedding_bag_per_sample_weights_backward", &per_sample_weights_backward_meta);
+  m.impl("quantize_rowwise", &quantize_rowwise_meta);
+  m.impl("_quantized_embedding_bag_forward", &quantized_forward_meta);
 }
 
 }  // namespace mybag

@@ -11,6 +11,12 @@ load_library()
 from mybag.functional import embedding_bag  # noqa: E402
 from mybag.fused import FusedEmbeddingBag, fused_embedding_bag  # noqa: E402
 from mybag.modules import EmbeddingBag, swap_embedding_bags  # noqa: E402
+from mybag.quantized import (  # noqa: E402
+    QuantizedEmbeddingBag,
+    dequantize_rowwise,
+    quantize_rowwise,
+    quantized_embedding_bag,
+)
 from mybag.value_checks import (  # noqa: E402
     cuda_value_checks,
     cuda_value_checks_enabled,
@@ -20,11 +26,15 @@ from mybag.value_checks import (  # noqa: E402
 __all__ = [
     "EmbeddingBag",
     "FusedEmbeddingBag",
+    "QuantizedEmbeddingBag",
     "cuda_value_checks",
     "cuda_value_checks_enabled",
+    "dequantize_rowwise",
     "embedding_bag",
     "fused_embedding_bag",
     "library_path",
+    "quantize_rowwise",
+    "quantized_embedding_bag",
     "set_cuda_value_checks",
     "swap_embedding_bags",
 ]

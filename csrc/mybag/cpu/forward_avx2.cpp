@@ -23,6 +23,7 @@
 
 #include "mybag/cpu/bag_range.h"
 #include "mybag/cpu/lanes_avx2.h"
+#include "mybag/cpu/tiles_avx2.h"
 
 namespace mybag::cpu {
 namespace {
@@ -185,19 +186,6 @@ MYBAG_AVX2_INLINE bool max_tile(const BagRange<scalar_t, index_t>& r, int64_t co
     out_winner[col + j] = static_cast<int64_t>(r.indices[r.begin + winner_pos[j]]);
   }
   return true;
-}
-
-// Runs Tile<NV, Part> for the last tile of a row: NV = full vectors left (0..kTile).
-template <int kTile, template <int, bool> class Tile, typename... Args>
-MYBAG_AVX2_INLINE bool last_tile(int full, bool part, Args&&... args) {
-  if constexpr (kTile > 0) {
-    if (full == kTile) {
-      return part ? Tile<kTile, true>::run(args...) : Tile<kTile, false>::run(args...);
-    }
-    return last_tile<kTile - 1, Tile>(full, part, args...);
-  } else {
-    return part ? Tile<0, true>::run(args...) : true;
-  }
 }
 
 template <typename scalar_t, typename index_t>
