@@ -740,8 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quantized lookups, mybag.quantized_embedding_bag (see above)")
     add("--device", choices=("cpu", "cuda"), default="cpu")
     add("--quick", action="store_true",
-        help="a subset: 21 cases under a minute (fwd), 16 in 1-2 minutes (train), 16 in a few "
-        "minutes (serve)")
+        help="a subset: 21 cases under a minute (fwd), 16 in 1-2 minutes (train), 16 in about "
+        "a minute (serve)")
     add("--filter", metavar="TEXT", help="only the cases whose name contains TEXT (see --list)")
     add("--repeats", type=int, metavar="N", help="timed calls per implementation")
     add("--threads", type=int, metavar="N", help="torch.set_num_threads(N)")

@@ -53,7 +53,7 @@ CALL_BYTES = 4 * 2**20
 # Per grid: timed calls per implementation and case, the seconds past which a case stops adding
 # rounds (after at least 5), the MiB of the copy ceiling (bench.copy_bandwidth), warm-up rounds.
 SETTINGS = {
-    "full": {"repeats": 40, "budget_s": 2.0, "copy_mb": 256, "warmup": 2},
+    "full": {"repeats": 60, "budget_s": 3.0, "copy_mb": 256, "warmup": 2},
     "quick": {"repeats": 15, "budget_s": 0.6, "copy_mb": 128, "warmup": 2},
     "tiny": {"repeats": 3, "budget_s": 0.1, "copy_mb": 8, "warmup": 1},
 }
