@@ -12,6 +12,14 @@ update: sgd, adagrad, rowwise_adagrad, adam) of mybag.FusedEmbeddingBag, whose
 update is fused into the backward, against torch's sparse and dense modules
 with torch.optim and, when fbgemm_gpu imports, FBGEMM's fused CPU step; each
 case first checks one fused step against torch's (mybag.bench_training).
+
+--suite serve times inference lookups of row-wise quantized tables (int8,
+int4; mode sum): mybag.quantized_embedding_bag against torch's quantized ops
+on the same packed table, F.embedding_bag on the float32 and float16 tables,
+mybag.embedding_bag on the float32 one and, when fbgemm_gpu imports, FBGEMM's
+quantized CPU lookup, on DRAM-resident and cached tables; each time comes with
+its max abs error against the float64 result of the unquantized table, and
+each case first checks mybag's output against torch's (mybag.bench_serving).
 See docs/benchmarks.md."""
 
 from __future__ import annotations
@@ -567,10 +575,15 @@ def replot(directory: str, out: str | None = None) -> Written:
     ``out`` if given, else next to the results."""
     with open(os.path.join(directory, "results.json")) as f:
         r = json.load(f)
-    if r.get("settings", {}).get("suite") == "train":  # python -m mybag.bench --suite train
+    suite = r.get("settings", {}).get("suite")
+    if suite == "train":  # python -m mybag.bench --suite train
         from mybag import bench_training
 
         return bench_training.write_plot(r, out or directory)
+    if suite == "serve":  # python -m mybag.bench --suite serve
+        from mybag import bench_serving
+
+        return bench_serving.write_plot(r, out or directory)
     return write_plot(r, out or directory)
 
 
@@ -721,12 +734,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--suite", choices=("fwd", "train"), default="fwd",
+    add("--suite", choices=("fwd", "train", "serve"), default="fwd",
         help="fwd (default): embedding_bag, forward and forward + backward; train: training "
-        "steps of FusedEmbeddingBag, the optimizer fused into the backward (see above)")
+        "steps of FusedEmbeddingBag, the optimizer fused into the backward; serve: int8/int4 "
+        "quantized lookups, mybag.quantized_embedding_bag (see above)")
     add("--device", choices=("cpu", "cuda"), default="cpu")
     add("--quick", action="store_true",
-        help="a subset: 21 cases under a minute (fwd), 16 in 1-2 minutes (train)")
+        help="a subset: 21 cases under a minute (fwd), 16 in 1-2 minutes (train), 16 in about "
+        "a minute (serve)")
     add("--filter", metavar="TEXT", help="only the cases whose name contains TEXT (see --list)")
     add("--repeats", type=int, metavar="N", help="timed calls per implementation")
     add("--threads", type=int, metavar="N", help="torch.set_num_threads(N)")
@@ -758,6 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.suite == "train":
         from mybag import bench_training as suite
+    elif args.suite == "serve":
+        from mybag import bench_serving as suite
     else:
         suite = sys.modules[__name__]
     try:
