@@ -3,9 +3,10 @@
 //
 // As the float AVX2 forward: a bag's accumulators stay in registers, the columns cut into tiles
 // of up to kTile vectors of 8 (tiles_avx2.h), each tile walking the bag's entries and storing
-// once, rounded to the output's dtype. Values are dequantized in registers: 8 bytes (8-bit) or
-// 4 bytes (4-bit, split into nibbles) widened to 8 floats. The first tile of a bag prefetches
-// whole rows (values, scale and bias) a few entries ahead; later tiles find them in cache.
+// once, rounded to the output's dtype. Values are dequantized in registers: 8 bytes of 8-bit
+// values, or 8 bytes of 4-bit ones (split into nibbles, 16 columns), widened to floats. The
+// first tile of a bag prefetches whole rows (values, scale and bias) a few entries ahead; later
+// tiles find them in cache.
 //
 // Same bits as the portable loops: per entry and column acc = fma(scale, q, acc + bias) (max:
 // fma(scale, q, bias)); GCC would contract the intrinsics' vector operators into FMAs, so
@@ -53,6 +54,33 @@ MYBAG_AVX2_INLINE __m256 load_values(const uint8_t* row, int64_t col) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
 }
 
+// A row's scale and bias, each broadcast to a vector straight from the row (float32: one
+// broadcast load each; float16: one load and F16C's conversion), and with a per-sample weight
+// (weighted(), quantized_rows.h: the same rounded products, lane by lane). Through general
+// registers and c10::Half's conversion, this was a noticeable share of a short row's time.
+template <int kBits>
+MYBAG_AVX2_INLINE void load_qparams(const uint8_t* row, int64_t dim, const float* weight,
+                                    __m256& scale, __m256& bias) {
+  if constexpr (kBits == 8) {
+    float s, b;
+    std::memcpy(&s, row + dim, sizeof(s));
+    std::memcpy(&b, row + dim + sizeof(s), sizeof(b));
+    scale = _mm256_set1_ps(s);
+    bias = _mm256_set1_ps(b);
+  } else {
+    int32_t halves;
+    std::memcpy(&halves, row + dim / 2, sizeof(halves));
+    const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128(halves));  // scale, bias, 0, 0
+    scale = _mm256_broadcastss_ps(both);
+    bias = _mm256_broadcastss_ps(_mm_movehdup_ps(both));
+  }
+  if (weight != nullptr) {
+    const __m256 w = _mm256_set1_ps(*weight);
+    scale = F::mul(scale, w);
+    bias = F::mul(bias, w);
+  }
+}
+
 // The first n < 8 values from column col, through a zeroed buffer: a full load would read the
 // row's scale and bias (or, for the table's last row, past its end).
 template <int kBits>
@@ -60,6 +88,28 @@ MYBAG_AVX2_INLINE __m256 load_values_part(const uint8_t* row, int64_t col, int n
   alignas(8) uint8_t buffer[8] = {};
   std::memcpy(buffer, row + (kBits == 8 ? col : col / 2), kBits == 8 ? n : n / 2);
   return load_values<kBits>(buffer, 0);
+}
+
+// Calls use(k, values of vector k) for the NV full vectors of a tile from column col, in
+// order. 4-bit rows go two vectors (16 columns, 8 bytes) per load: one load, one nibble split
+// and interleave for both, each half then widened.
+template <int kBits, int NV, typename Use>
+MYBAG_AVX2_INLINE void for_each_vector(const uint8_t* row, int64_t col, Use&& use) {
+  if constexpr (kBits == 8) {
+#pragma GCC unroll 16
+    for (int k = 0; k < NV; ++k) use(k, load_values<8>(row, col + k * 8));
+  } else {
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+#pragma GCC unroll 16
+    for (int k = 0; k + 1 < NV; k += 2) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + (col + k * 8) / 2));
+      const __m128i bytes = _mm_unpacklo_epi8(_mm_and_si128(b, nibble),
+                                              _mm_and_si128(_mm_srli_epi16(b, 4), nibble));
+      use(k, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
+      use(k + 1, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8))));
+    }
+    if constexpr (NV % 2 == 1) use(NV - 1, load_values<4>(row, col + (NV - 1) * 8));
+  }
 }
 
 template <typename out_t, int NV, bool Part>
@@ -88,14 +138,12 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<uint8_t, index_t>& r,
     if (row == r.padding_idx) continue;
     ++count;
     const uint8_t* values = r.weight + row * r.row_stride;
-    RowQParams p = row_qparams<kBits>(values, a.dim);
-    if (a.per_sample_weights != nullptr) p = weighted(p, a.per_sample_weights[i]);
-    const __m256 scale = F::set1(p.scale);
-    const __m256 bias = F::set1(p.bias);
-#pragma GCC unroll 16
-    for (int k = 0; k < NV; ++k) {
-      acc[k] = F::fmadd(scale, load_values<kBits>(values, col + k * 8), F::add(acc[k], bias));
-    }
+    __m256 scale, bias;
+    load_qparams<kBits>(values, a.dim,
+                        a.per_sample_weights ? a.per_sample_weights + i : nullptr, scale, bias);
+    for_each_vector<kBits, NV>(values, col, [&](int k, __m256 q) {
+      acc[k] = F::fmadd(scale, q, F::add(acc[k], bias));
+    });
     if constexpr (Part) {
       acc[NV] = F::fmadd(scale, load_values_part<kBits>(values, col + NV * 8, part),
                          F::add(acc[NV], bias));
@@ -127,16 +175,14 @@ MYBAG_AVX2_INLINE bool max_tile(const BagRange<uint8_t, index_t>& r,
     if (r.out_of_range(row)) return false;
     if (row == r.padding_idx) continue;
     const uint8_t* values = r.weight + row * r.row_stride;
-    const RowQParams p = row_qparams<kBits>(values, a.dim);
-    const __m256 scale = F::set1(p.scale);
-    const __m256 bias = F::set1(p.bias);
-#pragma GCC unroll 16
-    for (int k = 0; k < kAcc; ++k) {
-      const __m256 q = (Part && k == NV) ? load_values_part<kBits>(values, col + k * 8, part)
-                                         : load_values<kBits>(values, col + k * 8);
+    __m256 scale, bias;
+    load_qparams<kBits>(values, a.dim, nullptr, scale, bias);
+    const auto take = [&](int k, __m256 q) {
       const __m256 v = F::fmadd(scale, q, bias);
       best[k] = any ? F::blend(best[k], v, F::takes(v, best[k])) : v;
-    }
+    };
+    for_each_vector<kBits, NV>(values, col, take);
+    if constexpr (Part) take(NV, load_values_part<kBits>(values, col + NV * 8, part));
     any = true;
   }
   store_tile<out_t, NV, Part>(out + col, part, best);
