@@ -204,6 +204,31 @@ def no_case_error(filter: str | None, names: list[str], quick: bool, device: str
     )
 
 
+def select_cases(every: list, filter: str | None, quick: bool, device: str, suite: str) -> list:
+    """The cases of a suite's grid (``every``, objects with a ``name``) a run would time: those
+    whose name contains ``filter``. Raises ``NoCaseError`` if none does, ``RuntimeError`` for
+    ``device="cuda"`` without a GPU; ``suite`` is the option that picks the grid
+    ("--suite train")."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no GPU")
+    cases = [c for c in every if filter is None or filter in c.name]
+    if not cases:
+        raise no_case_error(filter, [c.name for c in every], quick, device, suite)
+    return cases
+
+
+def report_tail(summary: dict[str, Any]) -> list[str]:
+    """The last lines of a suite's report: its notes and its mismatches (not timed)."""
+    lines = []
+    if summary["notes"]:
+        lines.append(f"notes ({len(summary['notes'])}):")
+        lines += ["  " + n.replace("\n", "\n    ") for n in summary["notes"]]
+    if summary["mismatches"]:
+        lines.append(f"MISMATCHES (not timed): {len(summary['mismatches'])}")
+        lines += ["  " + m.replace("\n", "\n    ") for m in summary["mismatches"]]
+    return lines
+
+
 @dataclasses.dataclass
 class Inputs:
     """One case's arguments. Both implementations get these very tensors, so neither gets a
@@ -689,6 +714,60 @@ def forward_figure(r: dict[str, Any]):
     threads = f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''}"
     return make_figure(r["results"], f"mybag vs torch embedding_bag, {m['device_name']}, "
                                      f"{threads}, torch {m['torch']}, {m['date']}")  # fmt: skip
+
+
+def suite_figure(results: list[Row], title: str, bars: Sequence[tuple[str, str, str]], *,
+                 frac_key: str, speedup_label: str, left_title: str, frac_label: str,
+                 min_speedup: float | None = None, min_frac: float | None = None):
+    """The figure of the training and serving suites (a matplotlib Figure, left panel first in
+    ``fig.axes``): per case, a bar from 1x to mybag's speed-up over each implementation of
+    ``bars`` ((result key, label, colour); log axis, right of 1x: mybag faster), and on the right
+    mybag's fraction of the copy bandwidth (``frac_key``). Dashed red lines mark the goals
+    ``min_speedup`` and ``min_frac`` when given. Needs results."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ys = list(range(len(results)))
+    fig, (left, right) = plt.subplots(1, 2, sharey=True, width_ratios=(3, 1), layout="constrained",
+                                      figsize=(16, 2.4 + 0.42 * len(results)))  # fmt: skip
+    values = [r[key] for r in results for key, _, _ in bars if r[key] is not None]
+    low, high = speedup_limits(values)
+    h = 0.8 / len(bars)
+    for k, (key, label, colour) in enumerate(bars):
+        shown = [(y + (k - 1) * h, r[key]) for y, r in zip(ys, results) if r[key] is not None]
+        if shown:
+            left.barh([y for y, _ in shown], [v - 1.0 for _, v in shown], left=1.0, height=h,
+                      color=colour, label=f"over {label}")  # fmt: skip
+            for y, v in shown:
+                left.text(v * 1.03 if v >= 1 else v / 1.03, y, f"{v:.2f}x", va="center",
+                          ha="left" if v >= 1 else "right", fontsize=NAME_PT - 2)
+    left.axvspan(low, 1.0, color="0.93", zorder=0)
+    if min_speedup is not None:
+        left.axvline(min_speedup, color="tab:red", linewidth=0.8, linestyle="--")
+    left.set_xscale("log")
+    left.set_xlim(low, high)
+    left.xaxis.set_major_locator(FixedLocator(speedup_ticks(low, high)))
+    left.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    left.xaxis.set_minor_locator(NullLocator())
+    left.set_xlabel(speedup_label, fontsize=TEXT_PT)
+    left.set_title(f"{left_title}\ngrey side: mybag slower | white side: mybag faster",
+                   fontsize=TEXT_PT + 1)  # fmt: skip
+    left.legend(loc="lower right", fontsize=NAME_PT)
+    right.barh(ys, [r[frac_key] for r in results], 0.6,
+               color=["tab:blue" if r["table"] == "dram" else "tab:cyan" for r in results])
+    if min_frac is not None:
+        right.axvline(min_frac, color="tab:red", linewidth=0.8, linestyle="--")
+    right.set_xlabel(f"{frac_label}\ndark: table in DRAM, light: cached", fontsize=TEXT_PT - 1)
+    right.set_title("Fraction of the copy bandwidth", fontsize=TEXT_PT + 1)
+    for ax in (left, right):
+        ax.axvline(1.0, color="black", linewidth=1.2)
+        ax.grid(axis="x", color="0.8", linewidth=0.6)
+        ax.set_axisbelow(True)
+        ax.tick_params(axis="x", labelsize=NAME_PT, top=True, labeltop=True)
+    left.set_yticks(ys, [r["case"] for r in results], fontsize=NAME_PT)
+    left.set_ylim(ys[-1] + 0.6, -0.6)
+    fig.suptitle(title, fontsize=TEXT_PT + 1)
+    return fig
 
 
 def write_plot(r: dict[str, Any], directory: str,

@@ -21,6 +21,7 @@ docs/benchmarks.md, "Serving".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import math
 import statistics
@@ -144,25 +145,16 @@ def cases_for(device: str = "cpu", quick: bool = False, tiny: bool = False,
               filter: str | None = None) -> list[ServeCase]:  # fmt: skip
     """The cases a run would time; raises ``NoCaseError`` if ``filter`` matches none of them,
     ``RuntimeError`` for ``device="cuda"`` without a GPU."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda, but torch sees no GPU")
     every = grid("tiny" if tiny else "quick" if quick else "full")
-    cases = [c for c in every if filter is None or filter in c.name]
-    if not cases:
-        raise bench.no_case_error(filter, [c.name for c in every], quick, device, "--suite serve")
-    return cases
+    return bench.select_cases(every, filter, quick, device, "--suite serve")
 
 
 # FBGEMM, optional. bench_training.fbgemm() probes the import in a child process first (a build
 # made for another torch can abort the process that loads it); the inference names come after.
-_fbgemm_cache: list[tuple[Any, str]] = []
-
-
+@functools.cache
 def fbgemm() -> tuple[Any, str]:
     """(the fbgemm_gpu names the comparison needs, "") or (None, why it is left out)."""
-    if not _fbgemm_cache:
-        _fbgemm_cache.append(_import_fbgemm())
-    return _fbgemm_cache[0]
+    return _import_fbgemm()
 
 
 def _import_fbgemm() -> tuple[Any, str]:
@@ -593,12 +585,7 @@ def format_report(r: dict[str, Any]) -> str:
         for g in s["goals"]:
             lines.append(f"  {'met    ' if g['met'] else 'NOT MET'} {g['goal']}: worst "
                          f"{g['shown']} ({g['case']})")  # fmt: skip
-    if s["notes"]:
-        lines.append(f"notes ({len(s['notes'])}):")
-        lines += ["  " + n.replace("\n", "\n    ") for n in s["notes"]]
-    if s["mismatches"]:
-        lines.append(f"MISMATCHES (not timed): {len(s['mismatches'])}")
-        lines += ["  " + m.replace("\n", "\n    ") for m in s["mismatches"]]
+    lines += bench.report_tail(s)
     return "\n".join(lines)
 
 
@@ -629,46 +616,8 @@ BARS = (("speedup_q", "torch's quantized op (same bits)", "tab:blue"),
 
 def make_figure(results: list[Row], title: str):
     """The figure (a matplotlib Figure, left panel first in ``fig.axes``); needs results."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-    ys = list(range(len(results)))
-    fig, (left, right) = plt.subplots(1, 2, sharey=True, width_ratios=(3, 1), layout="constrained",
-                                      figsize=(16, 2.4 + 0.42 * len(results)))  # fmt: skip
-    values = [r[key] for r in results for key, _, _ in BARS if r[key] is not None]
-    low, high = bench.speedup_limits(values)
-    h = 0.8 / len(BARS)
-    for k, (key, label, colour) in enumerate(BARS):
-        shown = [(y + (k - 1) * h, r[key]) for y, r in zip(ys, results) if r[key] is not None]
-        if shown:
-            left.barh([y for y, _ in shown], [v - 1.0 for _, v in shown], left=1.0, height=h,
-                      color=colour, label=f"over {label}")  # fmt: skip
-            for y, v in shown:
-                left.text(v * 1.03 if v >= 1 else v / 1.03, y, f"{v:.2f}x", va="center",
-                          ha="left" if v >= 1 else "right", fontsize=bench.NAME_PT - 2)
-    left.axvspan(low, 1.0, color="0.93", zorder=0)
-    left.set_xscale("log")
-    left.set_xlim(low, high)
-    left.xaxis.set_major_locator(FixedLocator(bench.speedup_ticks(low, high)))
-    left.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    left.xaxis.set_minor_locator(NullLocator())
-    left.set_xlabel("speed-up of mybag's quantized lookup (other's time / mybag's), log scale",
-                    fontsize=bench.TEXT_PT)  # fmt: skip
-    left.set_title("Quantized embedding bags (sum): mybag.quantized_embedding_bag\n"
-                   "grey side: mybag slower | white side: mybag faster",
-                   fontsize=bench.TEXT_PT + 1)  # fmt: skip
-    left.legend(loc="lower right", fontsize=bench.NAME_PT)
-    right.barh(ys, [r["mybag_q_frac_copy"] for r in results], 0.6,
-               color=["tab:blue" if r["table"] == "dram" else "tab:cyan" for r in results])
-    right.set_xlabel("mybag_q's GB/s (byte floor) / copy GB/s\ndark: table in DRAM, light: "
-                     "cached", fontsize=bench.TEXT_PT - 1)  # fmt: skip
-    right.set_title("Fraction of the copy bandwidth", fontsize=bench.TEXT_PT + 1)
-    for ax in (left, right):
-        ax.axvline(1.0, color="black", linewidth=1.2)
-        ax.grid(axis="x", color="0.8", linewidth=0.6)
-        ax.set_axisbelow(True)
-        ax.tick_params(axis="x", labelsize=bench.NAME_PT, top=True, labeltop=True)
-    left.set_yticks(ys, [r["case"] for r in results], fontsize=bench.NAME_PT)
-    left.set_ylim(ys[-1] + 0.6, -0.6)
-    fig.suptitle(title, fontsize=bench.TEXT_PT + 1)
-    return fig
+    return bench.suite_figure(
+        results, title, BARS, frac_key="mybag_q_frac_copy",
+        speedup_label="speed-up of mybag's quantized lookup (other's time / mybag's), log scale",
+        left_title="Quantized embedding bags (sum): mybag.quantized_embedding_bag",
+        frac_label="mybag_q's GB/s (byte floor) / copy GB/s")  # fmt: skip
