@@ -1,6 +1,5 @@
 // The CPU quantized forward: check the call, choose the kernel (quantized_kernels.h) and run it
 // over ranges of bags (at::parallel_for), as the float forward does (forward.cpp).
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -12,7 +11,7 @@
 #include "mybag/cpu/rows.h"
 #include "mybag/cpu/value_checks.h"
 #include "mybag/kernel_inputs.h"
-#include "mybag/tensor_layout.h"
+#include "mybag/quantized_args.h"
 
 namespace mybag::cpu {
 namespace {
@@ -60,35 +59,13 @@ at::Tensor quantized_forward(const at::Tensor& packed_weight, const at::Tensor& 
   }
   auto output = at::empty({in.num_bags, in.dim}, packed.options().dtype(output_dtype));
   if (in.num_bags == 0 || in.dim == 0) return output;
-  const auto& flat_input = in.input;
-  const auto& psw = in.per_sample_weights;
-  // The output dtypes check_output_dtype allows, each with its own kernels.
-  const auto run = [&](auto out_tag) {
-    using out_t = decltype(out_tag);
-    AT_DISPATCH_INDEX_TYPES(flat_input.scalar_type(), "mybag_quantized_embedding_bag_cpu", [&] {
-      const QuantizedForwardArgs<index_t, out_t> a{
-          packed.const_data_ptr<uint8_t>(),
-          packed.size(1),
-          in.dim,
-          flat_input.const_data_ptr<index_t>(),
-          make_layout<index_t>(flat_input, in.offsets, include_last_offset),
-          psw.defined() ? psw.const_data_ptr<float>() : nullptr,
-          in.padding_row,
-          output.mutable_data_ptr<out_t>(),
-          in.num_weights,
-      };
-      if (bits == 8) {
-        run_kernel<8>(a, in.mode, in.num_bags, isa, input, offsets);
-      } else {
-        run_kernel<4>(a, in.mode, in.num_bags, isa, input, offsets);
-      }
-    });
-  };
-  switch (output_dtype) {
-    case at::kHalf: run(c10::Half()); break;
-    case at::kBFloat16: run(c10::BFloat16()); break;
-    default: run(float()); break;
-  }
+  with_quantized_args(packed, in, output, [&](const auto& a) {
+    if (bits == 8) {
+      run_kernel<8>(a, in.mode, in.num_bags, isa, input, offsets);
+    } else {
+      run_kernel<4>(a, in.mode, in.num_bags, isa, input, offsets);
+    }
+  });
   return output;
 }
 

@@ -11,7 +11,6 @@
 // sums across lanes). Index values are checked on the device as in the float forward
 // (cuda/value_checks.cuh); with the checks off a bad index is skipped and bad offsets are
 // clamped, so no read ever leaves the table or input.
-#include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -20,8 +19,8 @@
 #include "mybag/cuda/quantized_bags.cuh"
 #include "mybag/cuda/value_checks.cuh"
 #include "mybag/kernel_inputs.h"
+#include "mybag/quantized_args.h"
 #include "mybag/quantized_rows.h"
-#include "mybag/tensor_layout.h"
 
 namespace mybag::cuda {
 namespace {
@@ -115,36 +114,15 @@ at::Tensor quantized_forward(const at::Tensor& packed_weight, const at::Tensor& 
   const auto packed = packed_weight.contiguous();
   auto output = at::empty({in.num_bags, in.dim}, packed.options().dtype(output_dtype));
   if (in.num_bags == 0 || in.dim == 0) return output;
-  const auto& psw = in.per_sample_weights;
   const QuantizedPlan plan =
       quantized_plan(packed.const_data_ptr<uint8_t>(), packed.size(1), bits, in.dim);
-  // The output dtypes check_output_dtype allows, as the CPU kernels dispatch them.
-  const auto run = [&](auto out_tag) {
-    using out_t = decltype(out_tag);
-    AT_DISPATCH_INDEX_TYPES(in.input.scalar_type(), "mybag_quantized_embedding_bag_cuda", [&] {
-      const QuantizedForwardArgs<index_t, out_t> a{
-          packed.const_data_ptr<uint8_t>(),
-          packed.size(1),
-          in.dim,
-          in.input.const_data_ptr<index_t>(),
-          make_layout<index_t>(in.input, in.offsets, include_last_offset),
-          psw.defined() ? psw.const_data_ptr<float>() : nullptr,
-          in.padding_row,
-          output.mutable_data_ptr<out_t>(),
-          in.num_weights,
-      };
-      if (bits == 8) {
-        launch_width<8>(a, in.mode, plan);
-      } else {
-        launch_width<4>(a, in.mode, plan);
-      }
-    });
-  };
-  switch (output_dtype) {
-    case at::kHalf: run(c10::Half()); break;
-    case at::kBFloat16: run(c10::BFloat16()); break;
-    default: run(float()); break;
-  }
+  with_quantized_args(packed, in, output, [&](const auto& a) {
+    if (bits == 8) {
+      launch_width<8>(a, in.mode, plan);
+    } else {
+      launch_width<4>(a, in.mode, plan);
+    }
+  });
   return output;
 }
 
