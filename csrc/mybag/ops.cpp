@@ -107,6 +107,37 @@ TORCH_LIBRARY(mybag, m) {
       "Tensor? per_sample_weights, int bits, int mode, int? padding_idx, "
       "bool include_last_offset, ScalarType output_dtype) -> Tensor");
 
+  // A row-wise shard of a table (mybag/row_shard_entries.h, python/mybag/distributed.py): the
+  // rows [first_row, first_row + shard rows) of a table of num_weights rows, the whole batch on
+  // every rank. The forward returns this rank's part of each bag, and in max mode the rows and
+  // batch positions of its best entries (-1 for none); the parts of all ranks add up (sum,
+  // mean) or merge (_embedding_bag_row_shard_max_merge) to the unsharded result.
+  m.def(
+      "_embedding_bag_row_shard_forward(Tensor weight_shard, Tensor input, Tensor? offsets, "
+      "Tensor? per_sample_weights, int mode, int? padding_idx, bool include_last_offset, "
+      "int first_row, int num_weights) -> (Tensor output, Tensor max_indices, Tensor positions)");
+  // The max parts of all ranks, stacked (world, B, D): the bags' maxima, and this rank's rows
+  // of them (-1 where another rank holds the winner).
+  m.def(
+      "_embedding_bag_row_shard_max_merge(Tensor values, Tensor positions, Tensor max_indices, "
+      "int rank) -> (Tensor output, Tensor max_indices)");
+  // The shard's dense gradient, (shard_rows, D), from the whole bags' gradient.
+  m.def(
+      "_embedding_bag_row_shard_backward(Tensor grad, Tensor input, Tensor? offsets, "
+      "Tensor? per_sample_weights, Tensor max_indices, int mode, int? padding_idx, "
+      "bool include_last_offset, bool scale_grad_by_freq, int first_row, int shard_rows, "
+      "int num_weights) -> Tensor");
+  // The shard's part of the per_sample_weights gradient (zeros for other shards' entries).
+  m.def(
+      "_embedding_bag_row_shard_per_sample_weights_backward(Tensor grad, Tensor weight_shard, "
+      "Tensor input, Tensor? offsets, int mode, int? padding_idx, bool include_last_offset, "
+      "int first_row, int num_weights) -> Tensor");
+  // max_norm on the shard's referenced rows.
+  m.def(
+      "_embedding_bag_row_shard_renorm_(Tensor(a!) weight_shard, Tensor input, Tensor? offsets, "
+      "bool include_last_offset, float max_norm, float norm_type, int first_row, "
+      "int num_weights) -> ()");
+
   // The switch for the CUDA kernels' value checks (mybag/cuda_value_checks.h): turns them on
   // or off and returns the previous setting; and reads it.
   m.def("_set_cuda_value_checks(bool enabled) -> bool");

@@ -9,6 +9,16 @@ from mybag.nested import is_nested, unpack_nested
 from mybag.onnx_export import embedding_bag_for_export
 
 
+def _is_dtensor(tensor: Tensor) -> bool:
+    """A sharded or replicated table (mybag.distributed); checked without importing
+    torch.distributed where it is not built."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
 def embedding_bag(
     input: Tensor,
     weight: Tensor,
@@ -53,6 +63,9 @@ def embedding_bag(
             not counted by ``mode="mean"`` and get no gradient. May be negative
             (``num_embeddings + padding_idx``).
 
+    A ``weight`` that is a :class:`~torch.distributed.tensor.DTensor` (row-wise, column-wise
+    or replicated) is handled by :func:`mybag.distributed.sharded_embedding_bag`.
+
     Returns:
         Tensor ``(B, embedding_dim)`` of ``weight``'s dtype and device; empty bags give zeros.
 
@@ -75,6 +88,22 @@ def embedding_bag(
             # As torch does: the components are the bags, given as values + B + 1 offsets.
             input, offsets, per_sample_weights = unpack_nested(input, offsets, per_sample_weights)
             include_last_offset = True
+        if _is_dtensor(weight):
+            from mybag.distributed import sharded_embedding_bag
+
+            return sharded_embedding_bag(
+                input,
+                weight,
+                offsets,
+                max_norm,
+                norm_type,
+                scale_grad_by_freq,
+                mode,
+                sparse,
+                per_sample_weights,
+                include_last_offset,
+                padding_idx,
+            )
         # Both ONNX exporters trace (jit tracing, or torch.export, where is_compiling() is
         # true): the cheap checks first spare every eager call the import and the lookups of
         # is_in_onnx_export().

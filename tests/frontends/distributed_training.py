@@ -83,14 +83,14 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def run_on_ranks(worker, out_dir, label):
-    """Runs ``worker(rank, port, out_dir)`` in WORLD_SIZE spawned processes; kills them and
+def run_on_ranks(worker, out_dir, label, world_size=WORLD_SIZE):
+    """Runs ``worker(rank, port, out_dir)`` in ``world_size`` spawned processes; kills them and
     fails if they do not finish within JOIN_TIMEOUT_S."""
     context = mp.get_context("spawn")
     port = free_port()
     processes = [
         context.Process(target=worker, args=(rank, port, str(out_dir)))
-        for rank in range(WORLD_SIZE)
+        for rank in range(world_size)
     ]
     for process in processes:
         process.start()
@@ -102,7 +102,7 @@ def run_on_ranks(worker, out_dir, label):
             process.kill()
             process.join()
     assert not hung, f"{label} workers {hung} did not finish within {JOIN_TIMEOUT_S} s"
-    assert [p.exitcode for p in processes] == [0] * WORLD_SIZE
+    assert [p.exitcode for p in processes] == [0] * world_size
 
 
 def assert_trained_like_one_process(configs, out_dir):
