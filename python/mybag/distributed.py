@@ -61,7 +61,7 @@ def _layout(weight: DTensor) -> str:
         return "row" if placement.dim == 0 else "column"
     raise ValueError(
         f"embedding_bag: a DTensor weight must be placed Shard(0) (row-wise), Shard(1) "
-        f"(column-wise) or Replicate(), got {placement}"
+        f"(column-wise) or Replicate(), got {placement!r}"
     )
 
 
@@ -101,6 +101,19 @@ def _check_like_unsharded(
         meta(per_sample_weights),
         include_last_offset,
         padding_idx,
+    )
+
+
+def _check_values(input: Tensor, offsets: Optional[Tensor], include_last_offset: bool,
+                  weight: DTensor) -> None:
+    """The index and offset values against the whole table, before anything is written: the
+    row shard ops check them so, and renormalizing a shard of no rows checks and writes
+    nothing."""
+    input, offsets = _promoted(input, offsets)
+    no_rows = weight.to_local().new_empty(0, weight.shape[1])
+    torch.ops.mybag._embedding_bag_row_shard_renorm_(
+        no_rows, input, offsets, include_last_offset and input.dim() == 1, 1.0, 2.0, 0,
+        weight.shape[0],
     )
 
 
@@ -284,6 +297,7 @@ def sharded_embedding_bag(
                               mode, per_sample_weights, include_last_offset, padding_idx, group)
     else:
         if layout == "column" and max_norm is not None:
+            _check_values(input, offsets, include_last_offset, weight)
             # Before the differentiable view below is taken: autograd forbids writing
             # through the base of a custom Function's view.
             with torch.no_grad():

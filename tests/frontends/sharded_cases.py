@@ -9,6 +9,7 @@ import os
 import traceback
 
 import mybag
+import mybag.distributed
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
@@ -132,11 +133,224 @@ def all_cases(mesh):
         yield f"{placement}: int32 input, int16 offsets", int32_case
 
 
+def expect_error(kind, call):
+    try:
+        call()
+    except kind as error:
+        return str(error)
+    raise AssertionError(f"expected {kind.__name__}")
+
+
+def error_cases(mesh):
+    """Bad calls on sharded tables raise what the unsharded op raises, and change nothing."""
+    input, offsets = batch(5, False, False)
+    for placement in PLACEMENTS:
+        def sparse(placement=placement):
+            weight = distribute_tensor(table(3), mesh, [PLACEMENTS[placement]])
+            message = expect_error(ValueError, lambda: mybag.embedding_bag(
+                input, weight, offsets, mode="sum", sparse=True))
+            assert "sparse=True" in message and "DTensor" in message, message
+        yield f"{placement}: sparse refused", sparse
+
+        def bad_values(placement=placement):
+            whole = table(3)
+            for bad_input, bad_offsets, kind in [
+                (torch.tensor([0, NUM_EMBEDDINGS, 1]), torch.tensor([0, 2]), IndexError),
+                (torch.tensor([0, -1, 1]), torch.tensor([0, 2]), IndexError),
+                (torch.tensor([0, 1, 2]), torch.tensor([0, 3, 2]), RuntimeError),
+                (torch.tensor([0, 1, 2]), torch.tensor([1, 2]), RuntimeError),
+                (torch.tensor([0, 1, 2]), torch.tensor([0, 4]), RuntimeError),
+            ]:
+                expected = expect_error(kind, lambda: mybag.embedding_bag(
+                    bad_input, whole.clone(), bad_offsets, max_norm=0.1))
+                weight = distribute_tensor(whole.clone(), mesh, [PLACEMENTS[placement]])
+                message = expect_error(kind, lambda: mybag.embedding_bag(
+                    bad_input, weight, bad_offsets, max_norm=0.1))
+                assert message == expected, (message, expected)
+                # max_norm would have scaled the rows: a failed call writes nothing.
+                assert torch.equal(weight.full_tensor(), whole)
+        yield f"{placement}: bad values raise as unsharded, nothing written", bad_values
+
+        def bad_options(placement=placement):
+            whole = table(3)
+            weight = distribute_tensor(whole, mesh, [PLACEMENTS[placement]])
+            for kwargs, kind in [
+                ({"mode": "median"}, ValueError),
+                ({"mode": "mean", "per_sample_weights": torch.ones(input.shape,
+                                                                   dtype=torch.float64)},
+                 NotImplementedError),
+                ({"mode": "max", "scale_grad_by_freq": True}, ValueError),
+                ({"padding_idx": NUM_EMBEDDINGS}, RuntimeError),
+            ]:
+                expected = expect_error(kind, lambda: mybag.embedding_bag(
+                    input, whole, offsets, **kwargs))
+                message = expect_error(kind, lambda: mybag.embedding_bag(
+                    input, weight, offsets, **kwargs))
+                assert message == expected, (message, expected)
+        yield f"{placement}: bad options raise as unsharded", bad_options
+
+    def partial_placement():
+        from torch.distributed.tensor import Partial
+
+        weight = DTensor.from_local(table(3), mesh, [Partial()])
+        message = expect_error(ValueError, lambda: mybag.embedding_bag(input, weight, offsets))
+        assert "Shard(0)" in message and "Partial" in message, message
+    yield "partial placement refused", partial_placement
+
+
+class CollectiveLog:
+    """Records the collectives mybag.distributed issues (name and elements per call)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __enter__(self):
+        self.saved = {name: getattr(dist, name) for name in ("all_reduce", "all_gather")}
+        for name, function in self.saved.items():
+            def logged(tensor_or_list, *args, name=name, function=function, **kwargs):
+                tensor = args[0] if name == "all_gather" else tensor_or_list
+                self.calls.append((name, tensor.numel()))
+                return function(tensor_or_list, *args, **kwargs)
+            setattr(dist, name, logged)
+        return self
+
+    def __exit__(self, *exc):
+        for name, function in self.saved.items():
+            setattr(dist, name, function)
+
+
+def communication_cases(mesh):
+    """The collectives per forward + backward are the fewest each placement needs, none of them
+    of the table's size: row-wise sum and mean one all-reduce of (B, D); max two all-gathers
+    (values, positions) of (B, D); column-wise one all-gather of (B, widest block); replicated
+    none. A per_sample_weights gradient adds one all-reduce of (N,)."""
+    world = mesh.size()
+    input, offsets = batch(5, False, False)
+    bags = offsets.numel()
+    widest = -(-DIM // world)
+    expected = {
+        ("row", "sum", False): [("all_reduce", bags * DIM)],
+        ("row", "mean", False): [("all_reduce", bags * DIM)],
+        ("row", "max", False): [("all_gather", bags * DIM)] * 2,
+        ("row", "sum", True): [("all_reduce", bags * DIM), ("all_reduce", input.numel())],
+        ("column", "sum", False): [("all_gather", bags * widest)],
+        ("column", "max", False): [("all_gather", bags * widest)],
+        ("column", "sum", True): [("all_gather", bags * widest), ("all_reduce", input.numel())],
+        ("replicate", "mean", False): [],
+        ("replicate", "sum", True): [],
+    }
+    for (placement, mode, psw), calls in expected.items():
+        def case(placement=placement, mode=mode, psw=psw, calls=calls):
+            weight = torch.nn.Parameter(distribute_tensor(table(3), mesh,
+                                                          [PLACEMENTS[placement]]))
+            weights = torch.rand(input.shape, dtype=torch.float64, requires_grad=True) if psw \
+                else None
+            with CollectiveLog() as log:
+                output = mybag.embedding_bag(input, weight, offsets, mode=mode,
+                                             per_sample_weights=weights)
+                output.sum().backward()
+            assert log.calls == calls, (log.calls, calls)
+            if placement == "row":
+                first, rows = mybag.distributed.shard_rows(NUM_EMBEDDINGS, world, mesh.get_rank())
+                assert weight.to_local().shape == (rows, DIM)
+                assert weight.grad.to_local().shape == (rows, DIM)
+        yield f"{placement} {mode} psw={psw}: collectives", case
+
+
+def dtensor_input_cases(mesh):
+    """Inputs given as DTensors (replicated, or a 2-D batch sharded by bags) are gathered; the
+    output is then a replicated DTensor, and gradients flow to a DTensor per_sample_weights."""
+    for placement in PLACEMENTS:
+        def case(placement=placement):
+            input, _ = batch(5, True, False)
+            psw = torch.rand(input.shape, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(4))
+            single = table(3).requires_grad_()
+            single_psw = psw.clone().requires_grad_()
+            expected = mybag.embedding_bag(input, single, mode="sum",
+                                           per_sample_weights=single_psw)
+            expected.sum().backward()
+            weight = torch.nn.Parameter(distribute_tensor(table(3), mesh,
+                                                          [PLACEMENTS[placement]]))
+            sharded_input = distribute_tensor(input, mesh, [Shard(0)])
+            sharded_psw = distribute_tensor(psw, mesh, [Replicate()]).requires_grad_()
+            output = mybag.embedding_bag(sharded_input, weight, mode="sum",
+                                         per_sample_weights=sharded_psw)
+            assert isinstance(output, DTensor) and output.placements == (Replicate(),)
+            output.to_local().sum().backward()
+            torch.testing.assert_close(output.full_tensor(), expected, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(weight.grad.full_tensor(), single.grad, rtol=1e-12,
+                                       atol=1e-12)
+            torch.testing.assert_close(sharded_psw.grad.full_tensor(), single_psw.grad,
+                                       rtol=1e-12, atol=1e-12)
+        yield f"{placement}: DTensor inputs", case
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(11)
+        self.torch_bag = torch.nn.EmbeddingBag(NUM_EMBEDDINGS, DIM, mode="sum",
+                                               dtype=torch.float64)
+        self.mybag_bag = mybag.EmbeddingBag(NUM_EMBEDDINGS + 4, DIM, mode="max",
+                                            dtype=torch.float64)
+        self.head = torch.nn.Linear(2 * DIM, 1, dtype=torch.float64)
+
+    def forward(self, input, offsets):
+        bags = torch.cat([self.torch_bag(input, offsets), self.mybag_bag(input + 4, offsets)], 1)
+        return self.head(bags)
+
+
+def train(model, optimizer, steps=3):
+    for step in range(steps):
+        input, offsets = batch(20 + step, False, False)
+        optimizer.zero_grad()
+        model(input, offsets).pow(2).mean().backward()
+        optimizer.step()
+
+
+def training_cases(mesh):
+    """shard_embedding_bags, then a torch optimizer, trains as one process does."""
+    optimizers = {
+        "SGD": lambda p: torch.optim.SGD(p, lr=0.3),
+        "Adagrad": lambda p: torch.optim.Adagrad(p, lr=0.3),
+        "Adam": lambda p: torch.optim.Adam(p, lr=0.1),
+    }
+    for placement, name in itertools.product(PLACEMENTS, optimizers):
+        def case(placement=placement, name=name):
+            single = Model()
+            train(single, optimizers[name](single.parameters()))
+            model = mybag.distributed.shard_embedding_bags(Model(), mesh, placement)
+            assert isinstance(model.torch_bag, mybag.EmbeddingBag)
+            assert model.torch_bag.weight.placements == (PLACEMENTS[placement],)
+            train(model, optimizers[name](model.parameters()))
+            initial = Model()
+            for (key, value), start in zip(model.state_dict().items(),
+                                           initial.state_dict().values()):
+                whole = value.full_tensor() if isinstance(value, DTensor) else value
+                torch.testing.assert_close(whole, single.state_dict()[key], rtol=1e-10,
+                                           atol=1e-12, msg=lambda m, key=key: f"{key}: {m}")
+                assert not torch.equal(whole, start), f"{key} did not train"
+        yield f"{placement}: shard_embedding_bags trains with {name}", case
+
+    def refuses():
+        sparse = torch.nn.Sequential(torch.nn.EmbeddingBag(4, 2, sparse=True))
+        message = expect_error(ValueError, lambda: mybag.distributed.shard_embedding_bags(
+            sparse, mesh, "row"))
+        assert "sparse=True" in message, message
+        message = expect_error(ValueError, lambda: mybag.distributed.shard_embedding_bags(
+            Model(), mesh, "diagonal"))
+        assert "diagonal" in message, message
+    yield "shard_embedding_bags refuses sparse tables and unknown placements", refuses
+
+
 def run_all(rank, port, out_dir, world_size):
     mesh = init(rank, world_size, port)
     failures = []
     count = 0
-    for name, case in all_cases(mesh):
+    cases = itertools.chain(all_cases(mesh), error_cases(mesh), communication_cases(mesh),
+                            dtensor_input_cases(mesh), training_cases(mesh))
+    for name, case in cases:
         count += 1
         try:
             case()
