@@ -137,6 +137,13 @@ TORCH_LIBRARY(mybag, m) {
       "_embedding_bag_row_shard_renorm_(Tensor(a!) weight_shard, Tensor input, Tensor? offsets, "
       "bool include_last_offset, float max_norm, float norm_type, int first_row, "
       "int num_weights) -> ()");
+  // The fused optimizer's step (_embedding_bag_fused_update_) on the shard's rows and state.
+  m.def(
+      "_embedding_bag_row_shard_fused_update_(Tensor(a!) weight_shard, Tensor(b!)[] state, "
+      "Tensor(c!) step, Tensor grad, Tensor input, Tensor? offsets, Tensor? per_sample_weights, "
+      "Tensor max_indices, int bag_mode, int? padding_idx, bool include_last_offset, "
+      "bool scale_grad_by_freq, str optimizer, float lr, float eps, float beta1, float beta2, "
+      "float weight_decay, float lr_decay, int first_row, int num_weights) -> ()");
 
   // The switch for the CUDA kernels' value checks (mybag/cuda_value_checks.h): turns them on
   // or off and returns the previous setting; and reads it.

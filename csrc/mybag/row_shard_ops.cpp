@@ -186,6 +186,35 @@ void row_shard_renorm_(at::Tensor& weight_shard, const at::Tensor& input,
   ops::renorm_(weight_shard, rows, at::zeros({1}, rows.options()), false, max_norm, norm_type);
 }
 
+// The fused optimizer's step on a shard (FusedEmbeddingBag with a row-wise table): its rows'
+// gradient, formed as row_shard_backward forms it, applied by the unsharded update to the
+// shard's rows and state. step advances on every rank, touched or not.
+void row_shard_fused_update_(at::Tensor& weight_shard, at::TensorList state, at::Tensor& step,
+                             const at::Tensor& grad, const at::Tensor& input,
+                             const std::optional<at::Tensor>& offsets,
+                             const std::optional<at::Tensor>& per_sample_weights,
+                             const at::Tensor& best_rows, int64_t bag_mode,
+                             std::optional<int64_t> padding_idx, bool include_last_offset,
+                             bool scale_grad_by_freq, c10::string_view optimizer, double lr,
+                             double eps, double beta1, double beta2, double weight_decay,
+                             double lr_decay, int64_t first_row, int64_t num_weights) {
+  const Mode mode = mode_from_int(bag_mode);
+  check_weight_grad_args(grad, input, offsets, per_sample_weights, mode, padding_idx,
+                         include_last_offset, num_weights);
+  check_shard_call(weight_shard.size(0), input, offsets, mode, padding_idx, scale_grad_by_freq,
+                   first_row, num_weights);
+  const auto e = shard_entries(input, offsets, normalize_padding_idx(padding_idx, num_weights),
+                               include_last_offset, first_row, weight_shard.size(0));
+  const bool max = mode == Mode::Max;
+  const auto bag_grad = mode == Mode::Mean ? divided_by_counts(grad, e) : grad;
+  ops::fused_update_(weight_shard, state, step, bag_grad, e.input, e.offsets,
+                     kept_weights(per_sample_weights, e),
+                     max ? best_rows : at::empty({0}, grad.options().dtype(at::kLong)),
+                     static_cast<int64_t>(max ? Mode::Max : Mode::Sum), std::nullopt, false,
+                     scale_grad_by_freq, optimizer, lr, eps, beta1, beta2, weight_decay,
+                     lr_decay);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mybag, CompositeExplicitAutograd, m) {
@@ -195,6 +224,7 @@ TORCH_LIBRARY_IMPL(mybag, CompositeExplicitAutograd, m) {
   m.impl("_embedding_bag_row_shard_per_sample_weights_backward",
          &row_shard_per_sample_weights_backward);
   m.impl("_embedding_bag_row_shard_renorm_", &row_shard_renorm_);
+  m.impl("_embedding_bag_row_shard_fused_update_", &row_shard_fused_update_);
 }
 
 }  // namespace mybag

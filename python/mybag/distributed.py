@@ -31,7 +31,12 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
-__all__ = ["shard_embedding_bags", "sharded_embedding_bag", "shard_rows"]
+__all__ = [
+    "shard_embedding_bags",
+    "shard_rows",
+    "sharded_embedding_bag",
+    "sharded_fused_embedding_bag",
+]
 
 _MODES = {"sum": 0, "mean": 1, "max": 2}
 _MAX = 2
@@ -131,27 +136,47 @@ def _all_gather_stacked(tensor: Tensor, group) -> Tensor:
     return torch.stack(parts)
 
 
-class _RowShardedBags(torch.autograd.Function):
+def _row_parts(local, per_sample_weights, input, offsets, mode, padding_idx,
+               include_last_offset, first_row, num_weights, group):
     """The bags of a row-wise sharded table: this rank's part (its C++ shard op), combined over
-    the ranks. Every rank receives the same output gradient, so the backward needs no
-    communication for the weight: each rank's shard op takes its rows' gradient from it."""
+    the ranks. Returns the output and this rank's rows of the maxima (max mode)."""
+    output, best_rows, positions = torch.ops.mybag._embedding_bag_row_shard_forward(
+        local, input, offsets, per_sample_weights, mode, padding_idx, include_last_offset,
+        first_row, num_weights
+    )
+    if mode == _MAX:
+        return torch.ops.mybag._embedding_bag_row_shard_max_merge(
+            _all_gather_stacked(output, group),
+            _all_gather_stacked(positions, group),
+            best_rows,
+            dist.get_rank(group),
+        )
+    dist.all_reduce(output, group=group)
+    return output, best_rows
+
+
+def _per_sample_weights_grad(grad, local, input, offsets, layout):
+    """The per_sample_weights gradient: each rank's part for its entries, added over ranks."""
+    (mode, padding_idx, include_last_offset, _, first_row, _, num_weights, group) = layout
+    result = torch.ops.mybag._embedding_bag_row_shard_per_sample_weights_backward(
+        grad, local, input, offsets, mode, padding_idx, include_last_offset, first_row,
+        num_weights
+    )
+    dist.all_reduce(result, group=group)
+    return result
+
+
+class _RowShardedBags(torch.autograd.Function):
+    """Row-wise bags whose backward gives the shard's gradient. Every rank receives the same
+    output gradient, so the weight's gradient needs no communication: each rank's shard op
+    takes its rows' part from it."""
 
     @staticmethod
     def forward(ctx, local, per_sample_weights, input, offsets, mode, padding_idx,
                 include_last_offset, scale_grad_by_freq, first_row, num_weights, group):
-        output, best_rows, positions = torch.ops.mybag._embedding_bag_row_shard_forward(
-            local, input, offsets, per_sample_weights, mode, padding_idx, include_last_offset,
-            first_row, num_weights
-        )
-        if mode == _MAX:
-            output, best_rows = torch.ops.mybag._embedding_bag_row_shard_max_merge(
-                _all_gather_stacked(output, group),
-                _all_gather_stacked(positions, group),
-                best_rows,
-                dist.get_rank(group),
-            )
-        else:
-            dist.all_reduce(output, group=group)
+        output, best_rows = _row_parts(local, per_sample_weights, input, offsets, mode,
+                                       padding_idx, include_last_offset, first_row, num_weights,
+                                       group)
         psw_needs_grad = ctx.needs_input_grad[1]
         ctx.save_for_backward(
             input, offsets, per_sample_weights, best_rows, local if psw_needs_grad else None
@@ -164,7 +189,7 @@ class _RowShardedBags(torch.autograd.Function):
     def backward(ctx, grad):
         input, offsets, per_sample_weights, best_rows, local = ctx.saved_tensors
         (mode, padding_idx, include_last_offset, scale_grad_by_freq, first_row, rows,
-         num_weights, group) = ctx.layout
+         num_weights, _) = ctx.layout
         grad = grad.contiguous()
         grad_weight = grad_per_sample_weights = None
         if ctx.needs_input_grad[0]:
@@ -173,14 +198,56 @@ class _RowShardedBags(torch.autograd.Function):
                 include_last_offset, scale_grad_by_freq, first_row, rows, num_weights
             )
         if ctx.needs_input_grad[1]:
-            grad_per_sample_weights = (
-                torch.ops.mybag._embedding_bag_row_shard_per_sample_weights_backward(
-                    grad, local, input, offsets, mode, padding_idx, include_last_offset,
-                    first_row, num_weights
-                )
-            )
-            dist.all_reduce(grad_per_sample_weights, group=group)
+            grad_per_sample_weights = _per_sample_weights_grad(grad, local, input, offsets,
+                                                               ctx.layout)
         return (grad_weight, grad_per_sample_weights) + (None,) * 9
+
+
+class _RowShardedFusedBags(torch.autograd.Function):
+    """Row-wise bags of a FusedEmbeddingBag: the backward steps the module's optimizer on this
+    rank's rows and state (_embedding_bag_row_shard_fused_update_) and gives the weight no
+    gradient. As the unsharded fused op, it refuses to step a table written since the forward."""
+
+    @staticmethod
+    def forward(ctx, local, per_sample_weights, input, offsets, mode, padding_idx,
+                include_last_offset, scale_grad_by_freq, first_row, num_weights, group,
+                writable, step_args):
+        output, best_rows = _row_parts(local, per_sample_weights, input, offsets, mode,
+                                       padding_idx, include_last_offset, first_row, num_weights,
+                                       group)
+        ctx.save_for_backward(input, offsets, per_sample_weights, best_rows)
+        ctx.layout = (mode, padding_idx, include_last_offset, scale_grad_by_freq, first_row,
+                      local.shape[0], num_weights, group)
+        # Held as plain references: the backward writes them.
+        ctx.writable, ctx.version, ctx.step_args = writable, writable._version, step_args
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, offsets, per_sample_weights, best_rows = ctx.saved_tensors
+        (mode, padding_idx, include_last_offset, scale_grad_by_freq, first_row, _,
+         num_weights, _) = ctx.layout
+        table = ctx.writable
+        if table._version != ctx.version:
+            raise RuntimeError(
+                "fused_embedding_bag: weight was modified after this forward and before its "
+                "backward, so this step's gradient no longer fits it. Run one forward per "
+                "table between optimizer steps."
+            )
+        grad = grad.contiguous()
+        grad_per_sample_weights = None
+        if ctx.needs_input_grad[1]:
+            # From the rows as the forward read them: before the step.
+            grad_per_sample_weights = _per_sample_weights_grad(grad, table, input, offsets,
+                                                               ctx.layout)
+        state, step, optimizer, hyperparameters = ctx.step_args
+        with torch.no_grad():
+            torch.ops.mybag._embedding_bag_row_shard_fused_update_(
+                table, state, step, grad, input, offsets, per_sample_weights, best_rows, mode,
+                padding_idx, include_last_offset, scale_grad_by_freq, optimizer,
+                *hyperparameters, first_row, num_weights,
+            )
+        return (None, grad_per_sample_weights) + (None,) * 11
 
 
 class _GatheredColumns(torch.autograd.Function):
@@ -342,6 +409,74 @@ def _row_sharded(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq
     )
 
 
+def sharded_fused_embedding_bag(
+    module: nn.Module,
+    input: Tensor,
+    offsets: Optional[Tensor] = None,
+    per_sample_weights: Optional[Tensor] = None,
+) -> Tensor:
+    """:meth:`mybag.FusedEmbeddingBag.forward` for a module whose table (and optimizer state)
+    is a DTensor: the backward steps the module's optimizer on each rank's rows (row-wise) or
+    columns (column-wise) of the table and state, or on every rank's whole copy (replicated).
+    ``"rowwise_adagrad"`` keeps one value per row, which column-wise blocks cannot update
+    alone: it is refused for ``Shard(1)``. Everything else is as
+    :func:`sharded_embedding_bag`."""
+    weight = module.weight
+    layout = _layout(weight)
+    if layout == "column" and module.optimizer == "rowwise_adagrad":
+        raise ValueError(
+            "FusedEmbeddingBag: optimizer='rowwise_adagrad' keeps one state value per row and "
+            "cannot step a column-wise (Shard(1)) table; use placement 'row' or 'replicate'"
+        )
+    as_dtensor = any(isinstance(t, DTensor) for t in (input, offsets, per_sample_weights))
+    input, offsets, per_sample_weights = (_whole(t) for t in (input, offsets, per_sample_weights))
+    mode, max_norm, norm_type = module.mode, module.max_norm, module.norm_type
+    _check_like_unsharded(input, weight, offsets, max_norm, norm_type, module.scale_grad_by_freq,
+                          mode, per_sample_weights, module.include_last_offset,
+                          module.padding_idx)
+    state = [t.to_local() if isinstance(t, DTensor) else t for t in module.optimizer_state()]
+    hyperparameters = (module.lr, module.eps, module.betas[0], module.betas[1],
+                       module.weight_decay, module.lr_decay)
+    group = weight.device_mesh.get_group()
+    if layout == "row":
+        num_weights = weight.shape[0]
+        first_row, _ = shard_rows(num_weights, weight.device_mesh.size(), dist.get_rank(group))
+        include_last_offset = module.include_last_offset and input.dim() == 1
+        input, offsets = _promoted(input, offsets)
+        with torch.no_grad():
+            writable = weight.to_local()
+            if max_norm is not None:
+                torch.ops.mybag._embedding_bag_row_shard_renorm_(
+                    writable, input, offsets, include_last_offset, max_norm, norm_type,
+                    first_row, num_weights,
+                )
+        output = _RowShardedFusedBags.apply(
+            weight.to_local(), per_sample_weights, input, offsets, _MODES[mode],
+            module.padding_idx, include_last_offset, module.scale_grad_by_freq, first_row,
+            num_weights, group, writable,
+            (state, module.step, module.optimizer, hyperparameters),
+        )
+    else:
+        if layout == "column":
+            if max_norm is not None:
+                _check_values(input, offsets, module.include_last_offset, weight)
+                with torch.no_grad():
+                    _renorm_columns_(weight.to_local(), input, max_norm, norm_type, group)
+                max_norm = None
+            if per_sample_weights is not None and per_sample_weights.requires_grad:
+                per_sample_weights = _SummedGradient.apply(per_sample_weights, group)
+        output = torch.ops.mybag.fused_embedding_bag(
+            input, weight.to_local(), state, module.step, offsets, max_norm, norm_type,
+            module.scale_grad_by_freq, mode, per_sample_weights, module.include_last_offset,
+            module.padding_idx, module.optimizer, *hyperparameters,
+        )
+        if layout == "column":
+            output = _GatheredColumns.apply(output, weight.shape[1], group)
+    if as_dtensor:
+        return DTensor.from_local(output, weight.device_mesh, [Replicate()])
+    return output
+
+
 def _sharded_weight(weight: nn.Parameter, mesh: DeviceMesh, placement: str) -> nn.Parameter:
     if placement not in _PLACEMENTS:
         raise ValueError(
@@ -366,6 +501,7 @@ def shard_embedding_bags(model: nn.Module, mesh: DeviceMesh, placement: str = "r
     Raises ``ValueError`` for a mesh that is not 1-D, an unknown placement, or a module built
     with ``sparse=True`` (DTensor has no sparse gradient).
     """
+    from mybag.fused import FusedEmbeddingBag
     from mybag.modules import EmbeddingBag, swap_embedding_bags
 
     if mesh.ndim != 1:
@@ -373,14 +509,31 @@ def shard_embedding_bags(model: nn.Module, mesh: DeviceMesh, placement: str = "r
             f"shard_embedding_bags: mesh must be 1-D, got shape {tuple(mesh.shape)}"
         )
     model = swap_embedding_bags(model)
-    modules: List[nn.Module] = [m for m in model.modules() if isinstance(m, EmbeddingBag)]
+    modules: List[nn.Module] = [
+        m for m in model.modules() if isinstance(m, (EmbeddingBag, FusedEmbeddingBag))
+    ]
     for module in modules:
-        if module.sparse:
+        if getattr(module, "sparse", False):
             raise ValueError(
                 f"shard_embedding_bags: {module} has sparse=True; a sharded (DTensor) weight has "
                 "no sparse gradient: build it with sparse=False"
             )
+        if getattr(module, "optimizer", None) == "rowwise_adagrad" and placement == "column":
+            raise ValueError(
+                "shard_embedding_bags: a FusedEmbeddingBag with optimizer='rowwise_adagrad' "
+                "keeps one state value per row and cannot be sharded by columns; use "
+                "placement 'row' or 'replicate'"
+            )
     for module in modules:
-        if not isinstance(module.weight, DTensor):
-            module.weight = _sharded_weight(module.weight, mesh, placement)
+        if isinstance(module.weight, DTensor):
+            continue
+        module.weight = _sharded_weight(module.weight, mesh, placement)
+        if isinstance(module, FusedEmbeddingBag):
+            # The optimizer state lies like the table (a row-wise sum (E,) by its rows);
+            # the step count stays a plain tensor, the same on every rank.
+            for name in ("sum", "exp_avg", "exp_avg_sq"):
+                buffer = module._buffers[name]
+                if buffer is not None:
+                    module._buffers[name] = distribute_tensor(buffer, mesh,
+                                                              [_PLACEMENTS[placement]])
     return model

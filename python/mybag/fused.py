@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from mybag.functional import _is_dtensor
 from mybag.modules import EmbeddingBag, _normalize_padding_idx
 
 __all__ = ["FusedEmbeddingBag", "fused_embedding_bag", "OPTIMIZERS"]
@@ -305,6 +306,18 @@ class FusedEmbeddingBag(nn.Module):
             state.append(self.exp_avg_sq)
         return state
 
+    @torch.jit.unused
+    def _sharded_forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor],
+        per_sample_weights: Optional[Tensor],
+    ) -> Tensor:
+        # A DTensor table (mybag.distributed); jit.unused keeps the import out of TorchScript.
+        from mybag.distributed import sharded_fused_embedding_bag
+
+        return sharded_fused_embedding_bag(self, input, offsets, per_sample_weights)
+
     def forward(
         self,
         input: Tensor,
@@ -313,6 +326,9 @@ class FusedEmbeddingBag(nn.Module):
     ) -> Tensor:
         """Reduces each bag of ``input`` (1-D with ``offsets``, or 2-D ``(B, L)``) to one row:
         returns ``(B, embedding_dim)``. The backward of the result steps the optimizer."""
+        if not torch.jit.is_scripting():
+            if _is_dtensor(self.weight):
+                return self._sharded_forward(input, offsets, per_sample_weights)
         return torch.ops.mybag.fused_embedding_bag(
             input,
             self.weight,

@@ -344,12 +344,81 @@ def training_cases(mesh):
     yield "shard_embedding_bags refuses sparse tables and unknown placements", refuses
 
 
+def fused_module(mode, optimizer, options):
+    module = mybag.FusedEmbeddingBag(NUM_EMBEDDINGS, DIM, mode=mode, optimizer=optimizer, lr=0.2,
+                                     dtype=torch.float64, **options)
+    with torch.no_grad():
+        module.weight.copy_(table(3))
+    return module
+
+
+def train_fused(module, two_d, psw_requires_grad):
+    """Three steps; returns the per_sample_weights gradients."""
+    grads = []
+    for step in range(3):
+        input, offsets = batch(30 + step, two_d, False)
+        generator = torch.Generator().manual_seed(step)
+        psw = None
+        if psw_requires_grad:
+            psw = torch.rand(input.shape, generator=generator, dtype=torch.float64,
+                             requires_grad=True)
+        output = module(input, offsets, per_sample_weights=psw)
+        projection = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+        (output * projection).sum().backward()
+        if psw is not None:
+            grads.append(psw.grad)
+    return grads
+
+
+def fused_cases(mesh):
+    """FusedEmbeddingBag with a sharded table and state: each rank steps its own rows (or
+    columns), and the table, the state and the step equal one process's after three steps."""
+    optimizers = ["sgd", "adagrad", "rowwise_adagrad", "adam"]
+    variants = [("sum", {}, False, True), ("mean", {"padding_idx": 2}, True, False),
+                ("max", {"max_norm": 1.2}, False, False),
+                ("mean", {"scale_grad_by_freq": True, "max_norm": 1.0}, False, False)]
+    for placement, optimizer in itertools.product(PLACEMENTS, optimizers):
+        if placement == "column" and optimizer == "rowwise_adagrad":
+            continue
+        def case(placement=placement, optimizer=optimizer):
+            for mode, options, two_d, psw in variants:
+                single = fused_module(mode, optimizer, options)
+                single_grads = train_fused(single, two_d, psw)
+                sharded = mybag.distributed.shard_embedding_bags(
+                    fused_module(mode, optimizer, options), mesh, placement)
+                assert sharded.weight.placements == (PLACEMENTS[placement],)
+                sharded_grads = train_fused(sharded, two_d, psw)
+                assert sharded.weight.grad is None
+                assert int(sharded.step) == int(single.step) == 3
+                for name, expected in single.state_dict().items():
+                    value = sharded.state_dict()[name]
+                    if not isinstance(expected, torch.Tensor):  # the optimizer's settings
+                        assert value == expected, name
+                        continue
+                    if isinstance(value, DTensor):
+                        assert value.placements == (PLACEMENTS[placement],), name
+                        value = value.full_tensor()
+                    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12,
+                                               msg=lambda m, n=name: f"{mode} {n}: {m}")
+                for got, want in zip(sharded_grads, single_grads, strict=True):
+                    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+                assert not torch.equal(single.weight.detach(), table(3))
+        yield f"{placement}: FusedEmbeddingBag {optimizer}", case
+
+    def refuses():
+        module = fused_module("sum", "rowwise_adagrad", {})
+        message = expect_error(ValueError, lambda: mybag.distributed.shard_embedding_bags(
+            module, mesh, "column"))
+        assert "rowwise_adagrad" in message, message
+    yield "column-wise rowwise_adagrad refused", refuses
+
+
 def run_all(rank, port, out_dir, world_size):
     mesh = init(rank, world_size, port)
     failures = []
     count = 0
     cases = itertools.chain(all_cases(mesh), error_cases(mesh), communication_cases(mesh),
-                            dtensor_input_cases(mesh), training_cases(mesh))
+                            dtensor_input_cases(mesh), training_cases(mesh), fused_cases(mesh))
     for name, case in cases:
         count += 1
         try:
