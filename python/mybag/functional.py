@@ -9,6 +9,9 @@ from mybag.nested import is_nested, unpack_nested
 from mybag.onnx_export import embedding_bag_for_export
 
 
+# TorchScript compiles the branch that calls these too: jit.unused keeps their imports out
+# of it.
+@torch.jit.unused
 def _is_dtensor(tensor: Tensor) -> bool:
     """A sharded or replicated table (mybag.distributed); checked without importing
     torch.distributed where it is not built."""
@@ -17,6 +20,27 @@ def _is_dtensor(tensor: Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
+
+
+@torch.jit.unused
+def _sharded_embedding_bag(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Optional[Tensor],
+    max_norm: Optional[float],
+    norm_type: float,
+    scale_grad_by_freq: bool,
+    mode: str,
+    sparse: bool,
+    per_sample_weights: Optional[Tensor],
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+) -> Tensor:
+    from mybag.distributed import sharded_embedding_bag
+
+    return sharded_embedding_bag(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq,
+                                 mode, sparse, per_sample_weights, include_last_offset,
+                                 padding_idx)
 
 
 def embedding_bag(
@@ -89,9 +113,7 @@ def embedding_bag(
             input, offsets, per_sample_weights = unpack_nested(input, offsets, per_sample_weights)
             include_last_offset = True
         if _is_dtensor(weight):
-            from mybag.distributed import sharded_embedding_bag
-
-            return sharded_embedding_bag(
+            return _sharded_embedding_bag(
                 input,
                 weight,
                 offsets,
