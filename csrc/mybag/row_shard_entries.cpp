@@ -51,21 +51,20 @@ ShardEntries shard_entries(const at::Tensor& input, const std::optional<at::Tens
   const auto flat = input.reshape({-1});
   const int64_t n = flat.numel();
   const auto long_options = flat.options().dtype(at::kLong);
-  // Where each bag starts, and where the entries that bags read end.
+  // Where each bag starts. With include_last_offset the final offset is checked but, as in the
+  // unsharded op (docs/spec.md §2), the last bag runs to the end of input.
   at::Tensor starts;
-  int64_t end = n;
   if (input.dim() == 2) {
     const int64_t length = input.size(1);
     starts = at::arange(0, input.size(0), long_options).mul_(length);
   } else {
     const auto o = offsets->to(at::kLong);
     starts = include_last_offset ? o.slice(0, 0, -1) : o;
-    if (include_last_offset) end = o[-1].item<int64_t>();
   }
   const int64_t bags = starts.numel();
-  const auto read = at::arange(n, long_options).lt(end);
-  const auto counted = padding_row >= 0 ? read.logical_and(flat.ne(padding_row)) : read;
-  const auto mine = counted.logical_and(flat.ge(first_row)).logical_and(flat.lt(first_row + shard_rows));
+  const auto in_shard = flat.ge(first_row).logical_and(flat.lt(first_row + shard_rows));
+  const auto counted = padding_row >= 0 ? flat.ne(padding_row) : at::ones_like(flat, at::kBool);
+  const auto mine = in_shard.logical_and(counted);
 
   ShardEntries e;
   e.kept = mine.nonzero().select(1, 0);
@@ -76,7 +75,7 @@ ShardEntries shard_entries(const at::Tensor& input, const std::optional<at::Tens
   const auto mine_before = at::cat({zero, mine.cumsum(0)});
   e.offsets = mine_before.index_select(0, starts).to(input.scalar_type());
   const auto counted_before = at::cat({zero, counted.cumsum(0)});
-  const auto ends = at::cat({starts.slice(0, 1), at::full({1}, end, long_options)}).slice(0, 0, bags);
+  const auto ends = at::cat({starts.slice(0, 1), at::full({1}, n, long_options)}).slice(0, 0, bags);
   e.counts = counted_before.index_select(0, ends) - counted_before.index_select(0, starts);
   return e;
 }

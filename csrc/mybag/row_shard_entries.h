@@ -30,8 +30,8 @@ void check_values_on_any_device(const at::Tensor& input, const std::optional<at:
                                 int64_t num_weights);
 
 // The shard's entries. Entries equal to padding_row (-1: none) are left out (they add nothing
-// in any mode) and, as everywhere, not counted in `counts`; so are entries that no bag reads
-// (past the last offset with include_last_offset). input and offsets are checked.
+// in any mode) and, as everywhere, not counted in `counts`. input and offsets have to be
+// checked first.
 ShardEntries shard_entries(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
                            int64_t padding_row, bool include_last_offset, int64_t first_row,
                            int64_t shard_rows);
