@@ -43,7 +43,8 @@ tail -15 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 step "compute-sanitizer memcheck"
 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
   python -m pytest tests/op/test_cuda_only.py tests/op/test_parity.py tests/op/test_gradients.py \
-  tests/op/test_quantized.py tests/op/test_fused_optimizer.py -k cuda -q \
+  tests/op/test_quantized.py tests/op/test_fused_optimizer.py tests/op/test_row_shard_ops.py \
+  -k cuda -q \
   -p no:cacheprovider -x >"$OUT/memcheck.log" 2>&1 || status=1
 grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -5 | tee -a "$OUT/summary.txt"
 

@@ -21,15 +21,17 @@ DIM = 5  # columns too
 PLACEMENTS = {"row": Shard(0), "column": Shard(1), "replicate": Replicate()}
 
 
-def init(rank, world_size, port):
+def init(rank, world_size, port, device="cpu"):
+    if device == "cuda":
+        torch.cuda.set_device(rank)
     dist.init_process_group(
-        "gloo",
+        "nccl" if device == "cuda" else "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=PG_TIMEOUT_S),
     )
-    return init_device_mesh("cpu", (world_size,))
+    return init_device_mesh(device, (world_size,))
 
 
 def table(seed, ties=False, nan=False):
@@ -52,7 +54,10 @@ def batch(seed, two_d, include_last_offset, index_dtype=torch.int64):
     lengths = torch.tensor([3, 0, 5, 1, 4, 2, 0, 6])
     input = torch.randint(0, NUM_EMBEDDINGS, (int(lengths.sum()),), generator=generator)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    if not include_last_offset:
+    if include_last_offset:
+        # The final offset short of the end: the last bag still runs to the end (spec §2).
+        offsets[-1] -= 2
+    else:
         offsets = offsets[:-1]
     return input.to(index_dtype), offsets.to(index_dtype)
 
@@ -63,13 +68,14 @@ def run_case(mesh, placement, weight, input, offsets, options, psw_requires_grad
     generator = torch.Generator().manual_seed(99)
     psw = None
     if options.get("per_sample_weights"):
-        psw = torch.rand(input.shape, generator=generator, dtype=weight.dtype)
+        psw = torch.rand(input.shape, generator=generator, dtype=weight.dtype).to(weight.device)
     kwargs = {k: v for k, v in options.items() if k != "per_sample_weights"}
 
     single = weight.clone().requires_grad_()
     single_psw = None if psw is None else psw.clone().requires_grad_(psw_requires_grad)
     expected = mybag.embedding_bag(input, single, offsets, per_sample_weights=single_psw, **kwargs)
-    projection = torch.randn(expected.shape, generator=generator, dtype=weight.dtype)
+    projection = torch.randn(expected.shape, generator=generator, dtype=weight.dtype).to(
+        weight.device)
     (expected.nan_to_num() * projection).sum().backward()
 
     sharded = torch.nn.Parameter(distribute_tensor(weight.clone(), mesh, [PLACEMENTS[placement]]))
@@ -413,18 +419,48 @@ def fused_cases(mesh):
     yield "column-wise rowwise_adagrad refused", refuses
 
 
-def run_all(rank, port, out_dir, world_size):
-    mesh = init(rank, world_size, port)
+def cuda_cases(mesh):
+    """The option cases and the max ties on CUDA tensors (NCCL): the shard ops are written in
+    ATen operations and the unsharded CUDA kernels, so the same code serves the GPU."""
+    for placement in PLACEMENTS:
+        for name, options, two_d, last in option_cases():
+            def case(placement=placement, options=options, two_d=two_d, last=last):
+                input, offsets = batch(5, two_d, last)
+                run_case(mesh, placement, table(3).cuda(), input.cuda(),
+                         None if offsets is None else offsets.cuda(),
+                         dict(options, include_last_offset=last),
+                         psw_requires_grad=bool(options.get("per_sample_weights")))
+            yield f"cuda {placement}: {name}", case
+        def ties(placement=placement):
+            for seed in range(3):
+                input, offsets = batch(seed, False, False)
+                run_case(mesh, placement, table(seed, True, True).cuda(), input.cuda(),
+                         offsets.cuda(), {"mode": "max"})
+        yield f"cuda {placement}: max ties and NaN", ties
+
+
+def run_cuda(rank, port, out_dir, world_size):
+    mesh = init(rank, world_size, port, "cuda")
+    report(rank, out_dir, cuda_cases(mesh))
+
+
+def report(rank, out_dir, cases):
+    """Runs every case, writes the failures (and the count) to rank{rank}.txt."""
     failures = []
     count = 0
-    cases = itertools.chain(all_cases(mesh), error_cases(mesh), communication_cases(mesh),
-                            dtensor_input_cases(mesh), training_cases(mesh), fused_cases(mesh))
     for name, case in cases:
         count += 1
         try:
             case()
         except Exception:  # reported per case; the other cases still run
             failures.append(f"[{name}]\n{traceback.format_exc()}")
-    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as report:
-        report.write(f"{count} cases\n" + "\n".join(failures))
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as file:
+        file.write(f"{count} cases\n" + "\n".join(failures))
     dist.destroy_process_group()
+
+
+def run_all(rank, port, out_dir, world_size):
+    mesh = init(rank, world_size, port)
+    cases = itertools.chain(all_cases(mesh), error_cases(mesh), communication_cases(mesh),
+                            dtensor_input_cases(mesh), training_cases(mesh), fused_cases(mesh))
+    report(rank, out_dir, cases)
