@@ -107,7 +107,7 @@ TORCH_LIBRARY(mybag, m) {
       "Tensor? per_sample_weights, int bits, int mode, int? padding_idx, "
       "bool include_last_offset, ScalarType output_dtype) -> Tensor");
 
-  // A row-wise shard of a table (mybag/row_shard_entries.h, python/mybag/distributed.py): the
+  // A row-wise shard of a table (mybag/row_shard_entries.h, python/mybag/distributed/): the
   // rows [first_row, first_row + shard rows) of a table of num_weights rows, the whole batch on
   // every rank. The forward returns this rank's part of each bag, and in max mode the rows and
   // batch positions of its best entries (-1 for none); the parts of all ranks add up (sum,

@@ -1,4 +1,4 @@
-// A row-wise shard of a table (python/mybag/distributed.py): one rank holds the rows
+// A row-wise shard of a table (python/mybag/distributed/): one rank holds the rows
 // [first_row, first_row + shard rows) of a table of num_weights rows, and every rank sees the
 // whole batch. The shard's ops (row_shard_ops.cpp) hand the existing kernels the entries that
 // read the shard's rows, renumbered from 0, with each bag's boundaries kept: so every kernel,

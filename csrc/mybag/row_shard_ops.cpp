@@ -1,4 +1,4 @@
-// The ops of a row-wise sharded table (row_shard_entries.h), for python/mybag/distributed.py,
+// The ops of a row-wise sharded table (row_shard_entries.h), for python/mybag/distributed/,
 // which adds the collectives. Each takes the shard's layout (first_row, num_weights) explicitly,
 // the backward included, and runs the unsharded kernels on the shard's entries. Written in
 // ATen operations and dispatcher calls, so one registration serves every device.

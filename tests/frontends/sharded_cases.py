@@ -98,13 +98,15 @@ def run_case(mesh, placement, weight, input, offsets, options, psw_requires_grad
 
 def option_cases():
     """(name, options, two_d, include_last_offset) over the modes and options."""
-    for mode, two_d, last in itertools.product(["sum", "mean", "max"], [False, True], [False, True]):
+    forms = itertools.product(["sum", "mean", "max"], [False, True], [False, True])
+    for mode, two_d, last in forms:
         if two_d and last:
             continue
         yield f"{mode} 2d={two_d} ilo={last}", {"mode": mode}, two_d, last
-        yield f"{mode} padding 2d={two_d} ilo={last}", {"mode": mode, "padding_idx": 4}, two_d, last
-        yield (f"{mode} max_norm 2d={two_d} ilo={last}", {"mode": mode, "max_norm": 1.5, "padding_idx": -1},
-               two_d, last)
+        yield (f"{mode} padding 2d={two_d} ilo={last}", {"mode": mode, "padding_idx": 4}, two_d,
+               last)
+        yield (f"{mode} max_norm 2d={two_d} ilo={last}",
+               {"mode": mode, "max_norm": 1.5, "padding_idx": -1}, two_d, last)
         if mode != "max":
             yield (f"{mode} scale_grad_by_freq 2d={two_d} ilo={last}",
                    {"mode": mode, "scale_grad_by_freq": True, "padding_idx": 0}, two_d, last)
@@ -112,7 +114,8 @@ def option_cases():
     yield ("sum per_sample_weights padding 2d", {"mode": "sum", "per_sample_weights": True,
                                                   "padding_idx": 3}, True, False)
     for p in [1.0, 0.0, float("inf"), float("-inf"), 3.0]:
-        yield f"max_norm norm_type={p}", {"mode": "sum", "max_norm": 0.7, "norm_type": p}, False, False
+        yield (f"max_norm norm_type={p}", {"mode": "sum", "max_norm": 0.7, "norm_type": p}, False,
+               False)
 
 
 def all_cases(mesh):
