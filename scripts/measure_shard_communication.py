@@ -153,7 +153,8 @@ def worker(rank, world, port, args, queue):
     from torch.distributed.tensor import Shard, distribute_tensor
 
     import mybag
-    from mybag.distributed import _PLACEMENTS, shard_embedding_bags
+    from mybag.distributed import shard_embedding_bags
+    from mybag.distributed._layout import PLACEMENTS
 
     recorder = Recorder()
     recorder.install()
@@ -175,7 +176,7 @@ def worker(rank, world, port, args, queue):
             weight = module.weight
         else:
             weight = torch.nn.Parameter(
-                distribute_tensor(table.clone(), mesh, [_PLACEMENTS[placement]]))
+                distribute_tensor(table.clone(), mesh, [PLACEMENTS[placement]]))
         psw = weights.clone().requires_grad_() if options.get("psw") else None
         step_input = input
         if options.get("dtensor_input"):

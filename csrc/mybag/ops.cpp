@@ -111,16 +111,21 @@ TORCH_LIBRARY(mybag, m) {
   // rows [first_row, first_row + shard rows) of a table of num_weights rows, the whole batch on
   // every rank. The forward returns this rank's part of each bag, and in max mode the rows and
   // batch positions of its best entries (-1 for none); the parts of all ranks add up (sum,
-  // mean) or merge (_embedding_bag_row_shard_max_merge) to the unsharded result.
+  // mean) or combine (the three ops below, for max) to the unsharded result.
   m.def(
       "_embedding_bag_row_shard_forward(Tensor weight_shard, Tensor input, Tensor? offsets, "
       "Tensor? per_sample_weights, int mode, int? padding_idx, bool include_last_offset, "
       "int first_row, int num_weights) -> (Tensor output, Tensor max_indices, Tensor positions)");
-  // The max parts of all ranks, stacked (world, B, D): the bags' maxima, and this rank's rows
-  // of them (-1 where another rank holds the winner).
+  // Max over ranks from each rank's part (output, positions): keys (2, B, D) to reduce by MAX
+  // over the ranks, then claims (B, D) to reduce by MIN, then the bags' maxima and this rank's
+  // rows of them (-1 where another rank holds the winner).
+  m.def("_embedding_bag_row_shard_max_keys(Tensor output, Tensor positions) -> Tensor");
   m.def(
-      "_embedding_bag_row_shard_max_merge(Tensor values, Tensor positions, Tensor max_indices, "
-      "int rank) -> (Tensor output, Tensor max_indices)");
+      "_embedding_bag_row_shard_max_claims(Tensor output, Tensor positions, Tensor keys) "
+      "-> Tensor");
+  m.def(
+      "_embedding_bag_row_shard_max_merge(Tensor output, Tensor positions, Tensor max_indices, "
+      "Tensor keys, Tensor claims) -> (Tensor output, Tensor max_indices)");
   // The shard's dense gradient, (shard_rows, D), from the whole bags' gradient.
   m.def(
       "_embedding_bag_row_shard_backward(Tensor grad, Tensor input, Tensor? offsets, "

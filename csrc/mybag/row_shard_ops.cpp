@@ -5,8 +5,8 @@
 //
 // A rank's forward gives its part of each bag: the sum over its entries ("mean": divided by the
 // bag's count on all shards, so the parts add up to the mean), or in "max" its best entry and
-// that entry's position in the batch, so that merging the parts of all ranks can keep torch's
-// first-of-equal-values and first-NaN rules exactly.
+// that entry's position in the batch, so that combining the parts of all ranks can keep the
+// first-of-equal-values and first-NaN rules exactly (max_keys, max_claims, max_merge).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -88,40 +88,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_shard_forward(
   return {output, best_rows, positions};
 }
 
-// The parts of every rank, stacked (world, B, D), merged as one process would reduce the whole
-// bag: a NaN beats every number and the earlier of two NaNs wins; otherwise the greater value,
-// the earlier entry among equals. Returns the bags' maxima and, for this rank, the rows of the
-// maxima it holds (-1 where another rank's entry won, as for an empty bag).
-std::tuple<at::Tensor, at::Tensor> row_shard_max_merge(const at::Tensor& values,
+// Max over ranks, in two all-reduces whose size does not grow with the number of ranks, with
+// one process's rules: a NaN beats every number and the earlier of two NaNs wins; otherwise the
+// greater value wins, and the earlier entry among equals. Each rank's part is its best value
+// and that entry's position in the batch (-1: the rank has no entry there).
+//
+// 1. keys, reduced by MAX over ranks: (2, B, D) of the output's dtype, [value, NaN flag]; a
+//    NaN counts as +inf in the first (the flag tells it from a real +inf), no entry as -inf.
+at::Tensor row_shard_max_keys(const at::Tensor& output, const at::Tensor& positions) {
+  TORCH_CHECK(positions.sizes() == output.sizes(),
+              "mybag: a rank's max part must be (B, D) values and positions, got ",
+              output.sizes(), " and ", positions.sizes());
+  const auto nan = output.isnan();
+  const auto value = at::where(positions.lt(0), -std::numeric_limits<double>::infinity(),
+                               at::where(nan, std::numeric_limits<double>::infinity(), output));
+  return at::stack({value, nan.to(output.scalar_type())});
+}
+
+// 2. claims, reduced by MIN: where this rank holds a winning candidate (a NaN if any rank has
+//    one, else a value equal to the maximum), 2 * position + the value's sign bit, so that the
+//    reduction also carries the sign of a winning zero; elsewhere the largest int64.
+at::Tensor row_shard_max_claims(const at::Tensor& output, const at::Tensor& positions,
+                                const at::Tensor& keys) {
+  TORCH_CHECK(keys.dim() == 3 && keys.size(0) == 2 && keys[0].sizes() == output.sizes(),
+              "mybag: the reduced max keys must be (2, B, D), got ", keys.sizes());
+  const auto any_nan = keys[1].gt(0);
+  const auto candidate =
+      positions.ge(0).logical_and(at::where(any_nan, output.isnan(), output.eq(keys[0])));
+  const auto claim = positions * 2 + output.signbit().to(at::kLong);
+  return at::where(candidate, claim, std::numeric_limits<int64_t>::max());
+}
+
+// 3. The bags' maxima, and this rank's rows of them (-1 where another rank holds the winner,
+//    or no rank has an entry).
+std::tuple<at::Tensor, at::Tensor> row_shard_max_merge(const at::Tensor& output,
                                                        const at::Tensor& positions,
                                                        const at::Tensor& best_rows,
-                                                       int64_t rank) {
-  TORCH_CHECK(values.dim() == 3 && positions.sizes() == values.sizes(),
-              "mybag: the ranks' max parts must be (world, B, D) values and positions, got ",
-              values.sizes(), " and ", positions.sizes());
-  TORCH_CHECK(rank >= 0 && rank < values.size(0), "mybag: rank=", rank,
-              " is not one of the ", values.size(0), " ranks");
-  auto best = values[0];
-  auto best_position = positions[0];
-  auto best_rank = at::zeros_like(best_position);
-  for (int64_t r = 1; r < values.size(0); ++r) {
-    const auto value = values[r];
-    const auto position = positions[r];
-    const auto earlier = position.lt(best_position);
-    const auto value_nan = value.isnan();
-    const auto best_nan = best.isnan();
-    const auto numbers_better =
-        value_nan.logical_not().logical_and(best_nan.logical_not())
-            .logical_and(value.gt(best).logical_or(value.eq(best).logical_and(earlier)));
-    const auto nan_better = value_nan.logical_and(best_nan.logical_not().logical_or(earlier));
-    const auto better = position.ge(0).logical_and(
-        best_position.lt(0).logical_or(nan_better).logical_or(numbers_better));
-    best = at::where(better, value, best);
-    best_position = at::where(better, position, best_position);
-    best_rank = at::where(better, r, best_rank);
-  }
-  const auto mine = best_rank.eq(rank).logical_and(best_position.ge(0));
-  return {best, at::where(mine, best_rows, -1)};
+                                                       const at::Tensor& keys,
+                                                       const at::Tensor& claims) {
+  TORCH_CHECK(claims.sizes() == output.sizes() && best_rows.sizes() == output.sizes(),
+              "mybag: the reduced max claims and this rank's rows must be ", output.sizes(),
+              ", got ", claims.sizes(), " and ", best_rows.sizes());
+  const auto none = claims.eq(std::numeric_limits<int64_t>::max());
+  const auto mine = none.logical_not().logical_and(positions.eq(at::floor_divide(claims, 2)));
+  // A NaN or a zero with the winner's sign, or the maximum; zero where no rank had an entry.
+  const auto nan = at::full({}, std::numeric_limits<double>::quiet_NaN(), output.options());
+  const auto sign = at::where(claims.remainder(2).eq(1), -1.0, 1.0).to(output.scalar_type());
+  auto value = at::where(keys[1].gt(0), at::copysign(nan, sign),
+                         at::where(keys[0].eq(0), at::copysign(keys[0], sign), keys[0]));
+  value = at::where(none, at::zeros_like(value), value);
+  return {value, at::where(mine, best_rows, -1)};
 }
 
 at::Tensor row_shard_backward(const at::Tensor& grad, const at::Tensor& input,
@@ -219,6 +235,8 @@ void row_shard_fused_update_(at::Tensor& weight_shard, at::TensorList state, at:
 
 TORCH_LIBRARY_IMPL(mybag, CompositeExplicitAutograd, m) {
   m.impl("_embedding_bag_row_shard_forward", &row_shard_forward);
+  m.impl("_embedding_bag_row_shard_max_keys", &row_shard_max_keys);
+  m.impl("_embedding_bag_row_shard_max_claims", &row_shard_max_claims);
   m.impl("_embedding_bag_row_shard_max_merge", &row_shard_max_merge);
   m.impl("_embedding_bag_row_shard_backward", &row_shard_backward);
   m.impl("_embedding_bag_row_shard_per_sample_weights_backward",

@@ -47,10 +47,13 @@ def combined_forward(weight, input, offsets, mode, world, padding_idx=None, psw=
              for _, first, shard in shards(weight, world)]
     if mode != "max":
         return sum(p[0] for p in parts), None
-    values = torch.stack([p[0] for p in parts])
-    positions = torch.stack([p[2] for p in parts])
-    merged = [ops._embedding_bag_row_shard_max_merge(values, positions, p[1], rank)
-              for rank, p in enumerate(parts)]
+    # The two all-reduces of mybag.distributed, done here over the stacked parts.
+    keys = torch.stack([ops._embedding_bag_row_shard_max_keys(p[0], p[2]) for p in parts])
+    keys = keys.amax(0)
+    claims = torch.stack([ops._embedding_bag_row_shard_max_claims(p[0], p[2], keys)
+                          for p in parts]).amin(0)
+    merged = [ops._embedding_bag_row_shard_max_merge(p[0], p[2], p[1], keys, claims)
+              for p in parts]
     # The ranks' rows of the maxima, back in the whole table's numbering (-1: another rank's).
     firsts = [first for _, first, _ in shards(weight, world)]
     rows = torch.full_like(parts[0][1], -1)
@@ -92,7 +95,7 @@ def test_parts_combine_to_the_unsharded_op(device, world, mode, two_d, padding_i
 @pytest.mark.parametrize("device", DEVICES)
 def test_max_keeps_the_first_nan_and_the_first_of_equals_across_shards(device):
     weight = torch.zeros(NUM_WEIGHTS, DIM, dtype=torch.float64, device=device)
-    weight[9, 0] = float("nan")  # later shard, earlier entry
+    weight[9, 0] = -float("nan")  # later shard, earlier entry; the sign bit comes along
     weight[1, 0] = float("nan")
     weight[10, 1] = 5.0
     weight[0, 1] = 5.0
@@ -103,8 +106,25 @@ def test_max_keeps_the_first_nan_and_the_first_of_equals_across_shards(device):
         expected, expected_rows = ops._embedding_bag_forward(weight, input, offsets, None, 2,
                                                              None, False, False, False)
         torch.testing.assert_close(output, expected, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(output.signbit(), expected.signbit())
         assert rows[0].tolist() == expected_rows.tolist()
         assert expected_rows[0, 0] == 9 and expected_rows[1, 1] == 10
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_keeps_the_sign_of_the_first_zero_and_empty_bags_give_zero(device):
+    weight = torch.zeros(NUM_WEIGHTS, DIM, dtype=torch.float64, device=device)
+    weight[10] = -0.0
+    weight[1, :2] = float("-inf")
+    input = torch.tensor([10, 0, 1, 5, 1], device=device)
+    offsets = torch.tensor([0, 2, 3, 3], device=device)  # bag 2 is empty
+    for world in (2, 3):
+        output, rows = combined_forward(weight, input, offsets, "max", world)
+        expected, expected_rows = ops._embedding_bag_forward(weight, input, offsets, None, 2,
+                                                             None, False, False, False)
+        assert torch.equal(output.signbit(), expected.signbit()), output
+        torch.testing.assert_close(output, expected, rtol=0, atol=0)
+        assert rows[0].tolist() == expected_rows.tolist()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -208,9 +228,15 @@ def test_errors_name_the_whole_table_and_the_layout(device):
     with pytest.raises(RuntimeError, match="offsets"):
         ops._embedding_bag_row_shard_forward(shard, input, decreasing, None, 0, None, False, 4,
                                              NUM_WEIGHTS)
-    values = torch.zeros(2, 3, DIM, device=device)
-    with pytest.raises(RuntimeError, match="rank=2 is not one of the 2 ranks"):
-        ops._embedding_bag_row_shard_max_merge(values, values.long(), values[0].long(), 2)
+    values = torch.zeros(3, DIM, device=device)
+    positions = torch.zeros(3, DIM, dtype=torch.long, device=device)
+    with pytest.raises(RuntimeError, match=r"must be \(B, D\) values and positions"):
+        ops._embedding_bag_row_shard_max_keys(values, positions[:2])
+    with pytest.raises(RuntimeError, match=r"reduced max keys must be \(2, B, D\)"):
+        ops._embedding_bag_row_shard_max_claims(values, positions, values)
+    keys = ops._embedding_bag_row_shard_max_keys(values, positions)
+    with pytest.raises(RuntimeError, match="reduced max claims"):
+        ops._embedding_bag_row_shard_max_merge(values, positions, positions, keys, positions[:1])
     before = shard.clone()
     with pytest.raises(IndexError):
         ops._embedding_bag_row_shard_renorm_(shard, bad, offsets, False, 0.1, 2.0, 4,

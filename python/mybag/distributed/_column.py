@@ -9,7 +9,14 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from mybag.distributed._layout import all_gather_stacked, check_values, shard_rows
+from mybag.distributed._layout import check_values, shard_rows
+
+
+def _all_gather_stacked(tensor: Tensor, group) -> Tensor:
+    """Every rank's ``tensor`` (all of one shape), stacked in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return torch.stack(parts)
 
 
 class GatheredColumns(torch.autograd.Function):
@@ -22,7 +29,7 @@ class GatheredColumns(torch.autograd.Function):
         widest = shard_rows(columns, world, 0)[1]
         padded = block.new_zeros(block.shape[0], widest)
         padded[:, : block.shape[1]] = block
-        blocks = all_gather_stacked(padded, group)
+        blocks = _all_gather_stacked(padded, group)
         ctx.columns = shard_rows(columns, world, rank)
         return torch.cat(
             [blocks[r, :, : shard_rows(columns, world, r)[1]] for r in range(world)], dim=1

@@ -1,10 +1,9 @@
-"""What every placement shares: the split of a dimension over the ranks, the checks a sharded
-call runs before it sends or writes anything, and the collectives' small helpers."""
+"""What every placement shares: the split of a dimension over the ranks, and the checks a
+sharded call runs before it sends or writes anything."""
 
 from typing import Optional, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
@@ -80,10 +79,3 @@ def check_values(input: Tensor, offsets: Optional[Tensor], include_last_offset: 
         no_rows, input, offsets, include_last_offset and input.dim() == 1, 1.0, 2.0, 0,
         weight.shape[0],
     )
-
-
-def all_gather_stacked(tensor: Tensor, group) -> Tensor:
-    """Every rank's ``tensor`` (all of one shape), stacked in rank order."""
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.stack(parts)

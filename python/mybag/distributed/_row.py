@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from mybag.distributed._layout import MAX, all_gather_stacked, promoted, shard_rows
+from mybag.distributed._layout import MAX, promoted, shard_rows
 
 
 class RowShard(NamedTuple):
@@ -60,12 +60,12 @@ def _bags(local, per_sample_weights, shard: RowShard, mode, padding_idx, group):
         shard.include_last_offset, shard.first_row, shard.num_weights,
     )
     if mode == MAX:
-        return torch.ops.mybag._embedding_bag_row_shard_max_merge(
-            all_gather_stacked(output, group),
-            all_gather_stacked(positions, group),
-            best_rows,
-            dist.get_rank(group),
-        )
+        keys = torch.ops.mybag._embedding_bag_row_shard_max_keys(output, positions)
+        dist.all_reduce(keys, op=dist.ReduceOp.MAX, group=group)
+        claims = torch.ops.mybag._embedding_bag_row_shard_max_claims(output, positions, keys)
+        dist.all_reduce(claims, op=dist.ReduceOp.MIN, group=group)
+        return torch.ops.mybag._embedding_bag_row_shard_max_merge(output, positions, best_rows,
+                                                                  keys, claims)
     dist.all_reduce(output, group=group)
     return output, best_rows
 
