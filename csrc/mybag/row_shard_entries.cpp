@@ -26,10 +26,13 @@ void check_values_on_any_device(const at::Tensor& input, const std::optional<at:
                                 int64_t num_weights) {
   const auto flat = input.reshape({-1});
   const int64_t n = flat.numel();
-  const auto bad = flat.lt(0).logical_or(flat.ge(num_weights));
-  if (bad.any().item<bool>()) {
-    const int64_t position = first_true(bad);
-    fail_index_out_of_range(position, flat[position].item<int64_t>(), num_weights);
+  if (n > 0) {
+    // One pass in the common case; the position of a bad index only when there is one.
+    const auto [lowest, highest] = at::aminmax(flat);
+    if (lowest.item<int64_t>() < 0 || highest.item<int64_t>() >= num_weights) {
+      const int64_t position = first_true(flat.lt(0).logical_or_(flat.ge(num_weights)));
+      fail_index_out_of_range(position, flat[position].item<int64_t>(), num_weights);
+    }
   }
   if (!offsets.has_value() || offsets->numel() == 0) return;
   const auto o = offsets->to(at::kLong);
@@ -47,7 +50,7 @@ void check_values_on_any_device(const at::Tensor& input, const std::optional<at:
 
 ShardEntries shard_entries(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
                            int64_t padding_row, bool include_last_offset, int64_t first_row,
-                           int64_t shard_rows) {
+                           int64_t shard_rows, bool with_counts) {
   const auto flat = input.reshape({-1});
   const int64_t n = flat.numel();
   const auto long_options = flat.options().dtype(at::kLong);
@@ -55,28 +58,32 @@ ShardEntries shard_entries(const at::Tensor& input, const std::optional<at::Tens
   // unsharded op (docs/spec.md §2), the last bag runs to the end of input.
   at::Tensor starts;
   if (input.dim() == 2) {
-    const int64_t length = input.size(1);
-    starts = at::arange(0, input.size(0), long_options).mul_(length);
+    starts = at::arange(0, input.size(0), long_options).mul_(input.size(1));
   } else {
     const auto o = offsets->to(at::kLong);
     starts = include_last_offset ? o.slice(0, 0, -1) : o;
   }
-  const int64_t bags = starts.numel();
-  const auto in_shard = flat.ge(first_row).logical_and(flat.lt(first_row + shard_rows));
-  const auto counted = padding_row >= 0 ? flat.ne(padding_row) : at::ones_like(flat, at::kBool);
-  const auto mine = in_shard.logical_and(counted);
+  const auto local = flat - first_row;
+  auto mine = local.ge(0).logical_and_(local.lt(shard_rows));
+  const bool padding_here = padding_row >= first_row && padding_row < first_row + shard_rows;
+  if (padding_here) mine.logical_and_(local.ne(padding_row - first_row));
 
   ShardEntries e;
   e.kept = mine.nonzero().select(1, 0);
-  e.input = flat.index_select(0, e.kept).sub_(first_row);
-  // Entries of each kind before position p, for p in [0, n]: a bag's start in the kept entries
-  // and its non-padding count both come from these running totals.
-  const auto zero = at::zeros({1}, long_options);
-  const auto mine_before = at::cat({zero, mine.cumsum(0)});
-  e.offsets = mine_before.index_select(0, starts).to(input.scalar_type());
-  const auto counted_before = at::cat({zero, counted.cumsum(0)});
-  const auto ends = at::cat({starts.slice(0, 1), at::full({1}, n, long_options)}).slice(0, 0, bags);
-  e.counts = counted_before.index_select(0, ends) - counted_before.index_select(0, starts);
+  e.input = local.index_select(0, e.kept);
+  // A bag's first kept entry: the number of kept positions before its start.
+  e.offsets = at::searchsorted(e.kept, starts).to(input.scalar_type());
+  if (with_counts) {
+    const auto ends = at::cat({starts.slice(0, 1), at::full({1}, n, long_options)})
+                          .slice(0, 0, starts.numel());
+    if (padding_row < 0) {
+      e.counts = ends - starts;
+    } else {
+      const auto counted_before =
+          at::cat({at::zeros({1}, long_options), flat.ne(padding_row).cumsum(0)});
+      e.counts = counted_before.index_select(0, ends) - counted_before.index_select(0, starts);
+    }
+  }
   return e;
 }
 

@@ -17,7 +17,7 @@ struct ShardEntries {
   at::Tensor input;    // (K,) their rows, less first_row; input's dtype
   at::Tensor offsets;  // (B,) where each bag's entries start in `input`; input's dtype
   at::Tensor kept;     // (K,) int64: their positions in the flattened input
-  at::Tensor counts;   // (B,) int64: each bag's non-padding entries on all shards
+  at::Tensor counts;   // (B,) int64: each bag's non-padding entries on all shards, when asked
 };
 
 // Checks what the shard's layout adds to the forward's own checks: the shard has to fit in the
@@ -30,10 +30,10 @@ void check_values_on_any_device(const at::Tensor& input, const std::optional<at:
                                 int64_t num_weights);
 
 // The shard's entries. Entries equal to padding_row (-1: none) are left out (they add nothing
-// in any mode) and, as everywhere, not counted in `counts`. input and offsets have to be
-// checked first.
+// in any mode) and, as everywhere, not counted in `counts` (formed with_counts: "mean" needs
+// them). input and offsets have to be checked first.
 ShardEntries shard_entries(const at::Tensor& input, const std::optional<at::Tensor>& offsets,
                            int64_t padding_row, bool include_last_offset, int64_t first_row,
-                           int64_t shard_rows);
+                           int64_t shard_rows, bool with_counts);
 
 }  // namespace mybag

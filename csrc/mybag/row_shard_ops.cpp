@@ -57,13 +57,15 @@ at::Tensor best_positions(const at::Tensor& best_rows, const ShardEntries& e, in
       at::searchsorted(local_offsets, at::arange(e.kept.numel(), options), /*out_int32=*/false,
                        /*right=*/true) - 1;
   const auto keys = entry_bag * shard_rows + e.input.to(at::kLong);
-  const auto [unique_keys, inverse, counts] =
+  const auto [unique_keys, inverse, unused_counts] =
       at::_unique2(keys, /*sorted=*/true, /*return_inverse=*/true, /*return_counts=*/false);
   const auto first = at::full({unique_keys.numel()}, std::numeric_limits<int64_t>::max(), options)
                          .scatter_reduce(0, inverse, e.kept, "amin");
   const auto found = best_rows.ge(0);
-  const auto wanted = at::arange(bags, options).unsqueeze(1) * shard_rows + best_rows.clamp_min(0);
-  const auto slot = at::searchsorted(unique_keys, wanted.reshape({-1})).clamp_max(unique_keys.numel() - 1);
+  const auto wanted =
+      at::arange(bags, options).unsqueeze(1) * shard_rows + best_rows.clamp_min(0);
+  const auto slot =
+      at::searchsorted(unique_keys, wanted.reshape({-1})).clamp_max(unique_keys.numel() - 1);
   return at::where(found, first.index_select(0, slot).view_as(best_rows), -1);
 }
 
@@ -77,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_shard_forward(
   const int64_t shard_rows = weight_shard.size(0);
   check_shard_call(shard_rows, input, offsets, mode, padding_idx, false, first_row, num_weights);
   const auto e = shard_entries(input, offsets, normalize_padding_idx(padding_idx, num_weights),
-                               include_last_offset, first_row, shard_rows);
+                               include_last_offset, first_row, shard_rows, mode == Mode::Mean);
   const Mode kernel_mode = mode == Mode::Mean ? Mode::Sum : mode;
   auto [output, best_rows] =
       ops::forward(weight_shard, e.input, e.offsets, kept_weights(per_sample_weights, e),
@@ -153,7 +155,7 @@ at::Tensor row_shard_backward(const at::Tensor& grad, const at::Tensor& input,
   check_shard_call(shard_rows, input, offsets, mode, padding_idx, scale_grad_by_freq, first_row,
                    num_weights);
   const auto e = shard_entries(input, offsets, normalize_padding_idx(padding_idx, num_weights),
-                               include_last_offset, first_row, shard_rows);
+                               include_last_offset, first_row, shard_rows, mode == Mode::Mean);
   if (mode == Mode::Max) {
     return ops::dense_backward(grad, e.input, e.offsets, std::nullopt, best_rows, shard_rows,
                                static_cast<int64_t>(Mode::Max), std::nullopt, false, false);
@@ -178,7 +180,7 @@ at::Tensor row_shard_per_sample_weights_backward(
   check_shard_call(weight_shard.size(0), input, offsets, mode, padding_idx, false, first_row,
                    num_weights);
   const auto e = shard_entries(input, offsets, normalize_padding_idx(padding_idx, num_weights),
-                               include_last_offset, first_row, weight_shard.size(0));
+                               include_last_offset, first_row, weight_shard.size(0), false);
   const auto part = ops::per_sample_weights_backward(grad, weight_shard, e.input, e.offsets,
                                                      static_cast<int64_t>(Mode::Sum),
                                                      std::nullopt, false);
@@ -220,7 +222,8 @@ void row_shard_fused_update_(at::Tensor& weight_shard, at::TensorList state, at:
   check_shard_call(weight_shard.size(0), input, offsets, mode, padding_idx, scale_grad_by_freq,
                    first_row, num_weights);
   const auto e = shard_entries(input, offsets, normalize_padding_idx(padding_idx, num_weights),
-                               include_last_offset, first_row, weight_shard.size(0));
+                               include_last_offset, first_row, weight_shard.size(0),
+                               mode == Mode::Mean);
   const bool max = mode == Mode::Max;
   const auto bag_grad = mode == Mode::Mean ? divided_by_counts(grad, e) : grad;
   ops::fused_update_(weight_shard, state, step, bag_grad, e.input, e.offsets,
