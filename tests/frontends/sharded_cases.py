@@ -463,8 +463,55 @@ def report(rank, out_dir, cases):
     dist.destroy_process_group()
 
 
+def meta_cases(mesh):
+    """Tables built on the meta device are never materialized whole: each rank draws its part
+    (the same on every run, a zero padding row, parts that differ), a FusedEmbeddingBag's state
+    is made in place, and the sharded model then computes and trains as one process holding the
+    gathered table."""
+    def build(placement):
+        torch.manual_seed(5)
+        with torch.device("meta"):
+            model = torch.nn.Sequential(
+                torch.nn.EmbeddingBag(NUM_EMBEDDINGS, DIM, mode="sum", padding_idx=3,
+                                      dtype=torch.float64),
+                mybag.FusedEmbeddingBag(NUM_EMBEDDINGS, DIM, optimizer="adagrad", lr=0.2,
+                                        initial_accumulator_value=0.1, dtype=torch.float64))
+        return mybag.distributed.shard_embedding_bags(model, mesh, placement)
+
+    for placement in PLACEMENTS:
+        def case(placement=placement):
+            model = build(placement)
+            bag, fused = model[0], model[1]
+            first, rows = mybag.distributed.shard_rows(NUM_EMBEDDINGS, mesh.size(),
+                                                       mesh.get_local_rank())
+            expected_shape = {"row": (rows, DIM), "column": None,
+                              "replicate": (NUM_EMBEDDINGS, DIM)}[placement]
+            if expected_shape is not None:
+                assert tuple(bag.weight.to_local().shape) == expected_shape
+            whole = bag.weight.full_tensor()
+            assert torch.equal(whole, build(placement)[0].weight.full_tensor()), "not repeatable"
+            assert whole.isfinite().all() and torch.equal(whole[3], torch.zeros(DIM))
+            assert not torch.equal(whole[0], whole[NUM_EMBEDDINGS - 1]), "parts drawn alike"
+            assert torch.equal(fused.sum.full_tensor(), torch.full((NUM_EMBEDDINGS, DIM), 0.1,
+                                                                   dtype=torch.float64))
+            assert fused.step.device.type == "cpu" and int(fused.step) == 0
+
+            input, offsets = batch(5, False, False)
+            expected = mybag.embedding_bag(input, whole, offsets, mode="sum", padding_idx=3)
+            torch.testing.assert_close(bag(input, offsets), expected, rtol=1e-12, atol=1e-12)
+            single = mybag.FusedEmbeddingBag(NUM_EMBEDDINGS, DIM, optimizer="adagrad", lr=0.2,
+                                             initial_accumulator_value=0.1,
+                                             _weight=fused.weight.full_tensor().clone())
+            train_fused(single, False, False)
+            train_fused(fused, False, False)
+            torch.testing.assert_close(fused.weight.full_tensor(), single.weight.detach(),
+                                       rtol=1e-12, atol=1e-12)
+        yield f"{placement}: tables built on the meta device", case
+
+
 def run_all(rank, port, out_dir, world_size):
     mesh = init(rank, world_size, port)
     cases = itertools.chain(all_cases(mesh), error_cases(mesh), communication_cases(mesh),
-                            dtensor_input_cases(mesh), training_cases(mesh), fused_cases(mesh))
+                            dtensor_input_cases(mesh), training_cases(mesh), fused_cases(mesh),
+                            meta_cases(mesh))
     report(rank, out_dir, cases)
