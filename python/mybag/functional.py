@@ -3,7 +3,7 @@
 from typing import Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mybag.nested import is_nested, unpack_nested
 from mybag.onnx_export import embedding_bag_for_export
@@ -14,8 +14,10 @@ from mybag.onnx_export import embedding_bag_for_export
 @torch.jit.unused
 def _is_dtensor(tensor: Tensor) -> bool:
     """A sharded or replicated table (mybag.distributed); checked without importing
-    torch.distributed where it is not built."""
-    if not torch.distributed.is_available():
+    torch.distributed where it is not built. Every eager call asks: plain tensors and
+    Parameters are answered by their exact type alone, before any lookup in torch.distributed
+    (a DTensor Parameter's type is DTensor)."""
+    if type(tensor) in (torch.Tensor, nn.Parameter) or not torch.distributed.is_available():
         return False
     from torch.distributed.tensor import DTensor
 
