@@ -107,15 +107,17 @@ struct BagRange {
   }
 
   // The whole row, `bytes` long, that entry i + distance reads, into every level: for SIMD
-  // kernels whose rows' length is known at run time only (the quantized rows). The row's last
-  // byte is requested on its own, since a row need not start on a line.
+  // kernels whose rows' length is known at run time only (the quantized rows). Its first and
+  // last bytes are requested first, since a row need not start on a line: for rows of up to 65
+  // bytes (two lines at most) that is all, and no loop runs.
   C10_ALWAYS_INLINE void prefetch_row_near(int64_t i, int64_t bytes) const {
     if (i < prefetch_last) {
       const char* address = address_ahead(i, 0);
-      for (int64_t offset = 0; offset < bytes; offset += 64) {
+      __builtin_prefetch(address, /*rw=*/0, /*locality=*/3);
+      __builtin_prefetch(address + bytes - 1, /*rw=*/0, /*locality=*/3);
+      for (int64_t offset = 64; offset < bytes - 1; offset += 64) {
         __builtin_prefetch(address + offset, /*rw=*/0, /*locality=*/3);
       }
-      __builtin_prefetch(address + bytes - 1, /*rw=*/0, /*locality=*/3);
     }
   }
 

@@ -121,17 +121,18 @@ MYBAG_AVX2_INLINE void store_tile(out_t* out, int part, const __m256* acc) {
 
 // One column tile of one bag in sum or mean mode: NV full vectors from column col, plus a
 // partial vector of `part` columns when Part. out is the bag's output row.
-template <int kBits, int NV, bool Part, typename index_t, typename out_t>
+template <int kBits, int NV, bool Part, bool kFirst, bool kWeighted, typename index_t,
+          typename out_t>
 MYBAG_AVX2_INLINE bool sum_tile(const BagRange<uint8_t, index_t>& r,
                                 const QuantizedForwardArgs<index_t, out_t>& a, int64_t col,
-                                int part, bool prefetch, bool mean, out_t* out) {
+                                int part, bool mean, out_t* out) {
   constexpr int kAcc = NV + (Part ? 1 : 0);
   __m256 acc[kAcc];
 #pragma GCC unroll 16
   for (int k = 0; k < kAcc; ++k) acc[k] = F::zero();
   int64_t count = 0;
   for (int64_t i = r.begin; i < r.end; ++i) {
-    if (prefetch) r.prefetch_row_near(i, a.row_bytes);
+    if constexpr (kFirst) r.prefetch_row_near(i, a.row_bytes);
     const int64_t row = r.indices[i];
     // Range first: padding_idx is -1 when there is none, and a -1 index must not pass for it.
     if (r.out_of_range(row)) return false;
@@ -139,8 +140,8 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<uint8_t, index_t>& r,
     ++count;
     const uint8_t* values = r.weight + row * r.row_stride;
     __m256 scale, bias;
-    load_qparams<kBits>(values, a.dim,
-                        a.per_sample_weights ? a.per_sample_weights + i : nullptr, scale, bias);
+    load_qparams<kBits>(values, a.dim, kWeighted ? a.per_sample_weights + i : nullptr, scale,
+                        bias);
     for_each_vector<kBits, NV>(values, col, [&](int k, __m256 q) {
       acc[k] = F::fmadd(scale, q, F::add(acc[k], bias));
     });
@@ -160,17 +161,17 @@ MYBAG_AVX2_INLINE bool sum_tile(const BagRange<uint8_t, index_t>& r,
 
 // One column tile of one bag in max mode: the rule of max_replaces (reductions.h), lane by lane,
 // on values dequantized as fma(scale, q, bias); a bag of padding only (or none) gives zeros.
-template <int kBits, int NV, bool Part, typename index_t, typename out_t>
+template <int kBits, int NV, bool Part, bool kFirst, typename index_t, typename out_t>
 MYBAG_AVX2_INLINE bool max_tile(const BagRange<uint8_t, index_t>& r,
                                 const QuantizedForwardArgs<index_t, out_t>& a, int64_t col,
-                                int part, bool prefetch, out_t* out) {
+                                int part, out_t* out) {
   constexpr int kAcc = NV + (Part ? 1 : 0);
   __m256 best[kAcc];
 #pragma GCC unroll 16
   for (int k = 0; k < kAcc; ++k) best[k] = F::zero();
   bool any = false;
   for (int64_t i = r.begin; i < r.end; ++i) {
-    if (prefetch) r.prefetch_row_near(i, a.row_bytes);
+    if constexpr (kFirst) r.prefetch_row_near(i, a.row_bytes);
     const int64_t row = r.indices[i];
     if (r.out_of_range(row)) return false;
     if (row == r.padding_idx) continue;
@@ -189,31 +190,34 @@ MYBAG_AVX2_INLINE bool max_tile(const BagRange<uint8_t, index_t>& r,
   return true;
 }
 
-template <int kBits, typename index_t, typename out_t>
+template <int kBits, bool kFirst, bool kWeighted, typename index_t, typename out_t>
 struct SumTiles {
   template <int NV, bool Part>
   struct Tile {
     static MYBAG_AVX2_INLINE bool run(const BagRange<uint8_t, index_t>& r,
                                       const QuantizedForwardArgs<index_t, out_t>& a, int64_t col,
-                                      int part, bool prefetch, bool mean, out_t* out) {
-      return sum_tile<kBits, NV, Part>(r, a, col, part, prefetch, mean, out);
+                                      int part, bool mean, out_t* out) {
+      return sum_tile<kBits, NV, Part, kFirst, kWeighted>(r, a, col, part, mean, out);
     }
   };
 };
 
-template <int kBits, typename index_t, typename out_t>
+template <int kBits, bool kFirst, typename index_t, typename out_t>
 struct MaxTiles {
   template <int NV, bool Part>
   struct Tile {
     static MYBAG_AVX2_INLINE bool run(const BagRange<uint8_t, index_t>& r,
                                       const QuantizedForwardArgs<index_t, out_t>& a, int64_t col,
-                                      int part, bool prefetch, out_t* out) {
-      return max_tile<kBits, NV, Part>(r, a, col, part, prefetch, out);
+                                      int part, out_t* out) {
+      return max_tile<kBits, NV, Part, kFirst>(r, a, col, part, out);
     }
   };
 };
 
-template <int kBits, typename index_t, typename out_t>
+// A bag's tiles in column order, full ones then the last. Only the first prefetches (whole rows,
+// which the later tiles then find in cache). Which tile is first, and whether there are
+// per-sample weights, are template arguments, so the entry loops test neither.
+template <int kBits, bool kWeighted, typename index_t, typename out_t>
 MYBAG_AVX2 bool sum_bags(const QuantizedForwardArgs<index_t, out_t>& a, bool mean,
                          int64_t first, int64_t last) {
   const int64_t full = a.dim / 8;
@@ -224,14 +228,19 @@ MYBAG_AVX2 bool sum_bags(const QuantizedForwardArgs<index_t, out_t>& a, bool mea
     out_t* out = a.output + bag * a.dim;
     int64_t done = 0;  // full vectors
     while (full - done > kTile || (full - done == kTile && part == 0)) {
-      if (!sum_tile<kBits, kTile, false>(r, a, done * 8, 0, done == 0, mean, out)) return false;
+      const bool ok = done == 0
+          ? sum_tile<kBits, kTile, false, true, kWeighted>(r, a, 0, 0, mean, out)
+          : sum_tile<kBits, kTile, false, false, kWeighted>(r, a, done * 8, 0, mean, out);
+      if (!ok) return false;
       done += kTile;
     }
-    if (!last_tile<kTile, SumTiles<kBits, index_t, out_t>::template Tile>(
-            static_cast<int>(full - done), part != 0, r, a, done * 8, part, done == 0, mean,
-            out)) {
-      return false;
-    }
+    const int left = static_cast<int>(full - done);
+    const bool ok = done == 0
+        ? last_tile<kTile, SumTiles<kBits, true, kWeighted, index_t, out_t>::template Tile>(
+              left, part != 0, r, a, done * 8, part, mean, out)
+        : last_tile<kTile, SumTiles<kBits, false, kWeighted, index_t, out_t>::template Tile>(
+              left, part != 0, r, a, done * 8, part, mean, out);
+    if (!ok) return false;
   }
   return true;
 }
@@ -247,13 +256,19 @@ MYBAG_AVX2 bool max_bags(const QuantizedForwardArgs<index_t, out_t>& a, int64_t 
     out_t* out = a.output + bag * a.dim;
     int64_t done = 0;
     while (full - done > kTile || (full - done == kTile && part == 0)) {
-      if (!max_tile<kBits, kTile, false>(r, a, done * 8, 0, done == 0, out)) return false;
+      const bool ok = done == 0
+          ? max_tile<kBits, kTile, false, true>(r, a, 0, 0, out)
+          : max_tile<kBits, kTile, false, false>(r, a, done * 8, 0, out);
+      if (!ok) return false;
       done += kTile;
     }
-    if (!last_tile<kTile, MaxTiles<kBits, index_t, out_t>::template Tile>(
-            static_cast<int>(full - done), part != 0, r, a, done * 8, part, done == 0, out)) {
-      return false;
-    }
+    const int left = static_cast<int>(full - done);
+    const bool ok = done == 0
+        ? last_tile<kTile, MaxTiles<kBits, true, index_t, out_t>::template Tile>(
+              left, part != 0, r, a, done * 8, part, out)
+        : last_tile<kTile, MaxTiles<kBits, false, index_t, out_t>::template Tile>(
+              left, part != 0, r, a, done * 8, part, out);
+    if (!ok) return false;
   }
   return true;
 }
@@ -264,7 +279,9 @@ template <int kBits, typename index_t, typename out_t>
 bool quantized_bags_avx2(const QuantizedForwardArgs<index_t, out_t>& a, Mode mode,
                          int64_t first, int64_t last) {
   if (mode == Mode::Max) return max_bags<kBits>(a, first, last);
-  return sum_bags<kBits>(a, mode == Mode::Mean, first, last);
+  const bool mean = mode == Mode::Mean;
+  if (a.per_sample_weights != nullptr) return sum_bags<kBits, true>(a, mean, first, last);
+  return sum_bags<kBits, false>(a, mean, first, last);
 }
 
 #define MYBAG_INSTANTIATE(bits, index_t, out_t)                                      \
