@@ -190,57 +190,95 @@ MYBAG_AVX2_INLINE bool max_tile(const BagRange<uint8_t, index_t>& r,
   return true;
 }
 
-template <int kBits, bool kFirst, bool kWeighted, typename index_t, typename out_t>
-struct SumTiles {
+// The last tile of a row wider than one tile (never the bag's first).
+template <int kBits, bool kWeighted, typename index_t, typename out_t>
+struct LastSumTile {
   template <int NV, bool Part>
   struct Tile {
     static MYBAG_AVX2_INLINE bool run(const BagRange<uint8_t, index_t>& r,
                                       const QuantizedForwardArgs<index_t, out_t>& a, int64_t col,
                                       int part, bool mean, out_t* out) {
-      return sum_tile<kBits, NV, Part, kFirst, kWeighted>(r, a, col, part, mean, out);
+      return sum_tile<kBits, NV, Part, false, kWeighted>(r, a, col, part, mean, out);
     }
   };
 };
 
-template <int kBits, bool kFirst, typename index_t, typename out_t>
-struct MaxTiles {
+template <int kBits, typename index_t, typename out_t>
+struct LastMaxTile {
   template <int NV, bool Part>
   struct Tile {
     static MYBAG_AVX2_INLINE bool run(const BagRange<uint8_t, index_t>& r,
                                       const QuantizedForwardArgs<index_t, out_t>& a, int64_t col,
                                       int part, out_t* out) {
-      return max_tile<kBits, NV, Part, kFirst>(r, a, col, part, out);
+      return max_tile<kBits, NV, Part, false>(r, a, col, part, out);
     }
   };
 };
 
-// A bag's tiles in column order, full ones then the last. Only the first prefetches (whole rows,
-// which the later tiles then find in cache). Which tile is first, and whether there are
+// Rows of one tile (up to kTile full vectors and a partial one): the tile is chosen once per
+// call and its bag loop runs alone (chosen per bag, it cost a noticeable share of a bag of one
+// row).
+template <int kBits, bool kWeighted, typename index_t, typename out_t>
+struct SumBagsOfOneTile {
+  template <int NV, bool Part>
+  struct Tile {
+    static MYBAG_AVX2_INLINE bool run(const QuantizedForwardArgs<index_t, out_t>& a, int part,
+                                      bool mean, int64_t first, int64_t last) {
+      auto r = quantized_bag_range(a);
+      for (int64_t bag = first; bag < last; ++bag) {
+        r.select(a.layout, bag);
+        out_t* out = a.output + bag * a.dim;
+        if (!sum_tile<kBits, NV, Part, true, kWeighted>(r, a, 0, part, mean, out)) return false;
+      }
+      return true;
+    }
+  };
+};
+
+template <int kBits, typename index_t, typename out_t>
+struct MaxBagsOfOneTile {
+  template <int NV, bool Part>
+  struct Tile {
+    static MYBAG_AVX2_INLINE bool run(const QuantizedForwardArgs<index_t, out_t>& a, int part,
+                                      int64_t first, int64_t last) {
+      auto r = quantized_bag_range(a);
+      for (int64_t bag = first; bag < last; ++bag) {
+        r.select(a.layout, bag);
+        if (!max_tile<kBits, NV, Part, true>(r, a, 0, part, a.output + bag * a.dim)) return false;
+      }
+      return true;
+    }
+  };
+};
+
+// A bag's tiles in column order: full ones, then the last. Only the first prefetches (whole
+// rows, which the later tiles then find in cache). Which tile is first, and whether there are
 // per-sample weights, are template arguments, so the entry loops test neither.
 template <int kBits, bool kWeighted, typename index_t, typename out_t>
 MYBAG_AVX2 bool sum_bags(const QuantizedForwardArgs<index_t, out_t>& a, bool mean,
                          int64_t first, int64_t last) {
   const int64_t full = a.dim / 8;
   const int part = static_cast<int>(a.dim % 8);
+  if (full <= kTile) {
+    return last_tile<kTile, SumBagsOfOneTile<kBits, kWeighted, index_t, out_t>::template Tile>(
+        static_cast<int>(full), part != 0, a, part, mean, first, last);
+  }
   auto r = quantized_bag_range(a);
   for (int64_t bag = first; bag < last; ++bag) {
     r.select(a.layout, bag);
     out_t* out = a.output + bag * a.dim;
-    int64_t done = 0;  // full vectors
+    if (!sum_tile<kBits, kTile, false, true, kWeighted>(r, a, 0, 0, mean, out)) return false;
+    int64_t done = kTile;  // full vectors
     while (full - done > kTile || (full - done == kTile && part == 0)) {
-      const bool ok = done == 0
-          ? sum_tile<kBits, kTile, false, true, kWeighted>(r, a, 0, 0, mean, out)
-          : sum_tile<kBits, kTile, false, false, kWeighted>(r, a, done * 8, 0, mean, out);
-      if (!ok) return false;
+      if (!sum_tile<kBits, kTile, false, false, kWeighted>(r, a, done * 8, 0, mean, out)) {
+        return false;
+      }
       done += kTile;
     }
-    const int left = static_cast<int>(full - done);
-    const bool ok = done == 0
-        ? last_tile<kTile, SumTiles<kBits, true, kWeighted, index_t, out_t>::template Tile>(
-              left, part != 0, r, a, done * 8, part, mean, out)
-        : last_tile<kTile, SumTiles<kBits, false, kWeighted, index_t, out_t>::template Tile>(
-              left, part != 0, r, a, done * 8, part, mean, out);
-    if (!ok) return false;
+    if (!last_tile<kTile, LastSumTile<kBits, kWeighted, index_t, out_t>::template Tile>(
+            static_cast<int>(full - done), part != 0, r, a, done * 8, part, mean, out)) {
+      return false;
+    }
   }
   return true;
 }
@@ -250,25 +288,24 @@ MYBAG_AVX2 bool max_bags(const QuantizedForwardArgs<index_t, out_t>& a, int64_t 
                          int64_t last) {
   const int64_t full = a.dim / 8;
   const int part = static_cast<int>(a.dim % 8);
+  if (full <= kTile) {
+    return last_tile<kTile, MaxBagsOfOneTile<kBits, index_t, out_t>::template Tile>(
+        static_cast<int>(full), part != 0, a, part, first, last);
+  }
   auto r = quantized_bag_range(a);
   for (int64_t bag = first; bag < last; ++bag) {
     r.select(a.layout, bag);
     out_t* out = a.output + bag * a.dim;
-    int64_t done = 0;
+    if (!max_tile<kBits, kTile, false, true>(r, a, 0, 0, out)) return false;
+    int64_t done = kTile;
     while (full - done > kTile || (full - done == kTile && part == 0)) {
-      const bool ok = done == 0
-          ? max_tile<kBits, kTile, false, true>(r, a, 0, 0, out)
-          : max_tile<kBits, kTile, false, false>(r, a, done * 8, 0, out);
-      if (!ok) return false;
+      if (!max_tile<kBits, kTile, false, false>(r, a, done * 8, 0, out)) return false;
       done += kTile;
     }
-    const int left = static_cast<int>(full - done);
-    const bool ok = done == 0
-        ? last_tile<kTile, MaxTiles<kBits, true, index_t, out_t>::template Tile>(
-              left, part != 0, r, a, done * 8, part, out)
-        : last_tile<kTile, MaxTiles<kBits, false, index_t, out_t>::template Tile>(
-              left, part != 0, r, a, done * 8, part, out);
-    if (!ok) return false;
+    if (!last_tile<kTile, LastMaxTile<kBits, index_t, out_t>::template Tile>(
+            static_cast<int>(full - done), part != 0, r, a, done * 8, part, out)) {
+      return false;
+    }
   }
   return true;
 }
