@@ -1,6 +1,6 @@
 // Facts about input's bags that the CPU backward kernels share: which bag each entry belongs to
-// and each bag's non-padding count (cuda/entries.cuh is the CUDA twin; the grouping by row,
-// which both devices do alike, is mybag/row_groups.h).
+// and each bag's non-padding count (cuda/entries.cuh is the CUDA twin; the grouping by row is
+// cpu/row_sort.h).
 #pragma once
 
 #include <ATen/OpMathType.h>

@@ -18,6 +18,7 @@
 #include "mybag/cpu/entries.h"
 #include "mybag/cpu/entry_grads_avx2.h"
 #include "mybag/cpu/isa.h"
+#include "mybag/cpu/row_sort.h"
 #include "mybag/cpu/rows.h"
 #include "mybag/cpu/value_checks.h"
 
@@ -33,8 +34,9 @@ void fill_per_entry_grad(const KernelInputs& in, const at::Tensor& grad_tensor,
   const EntryScales<scalar_t, index_t> scales(in, layout);
   const auto& entry_scale = scales.scale;
   const at::Tensor frequency_tensor =
-      scale_grad_by_freq ? row_frequency_of_entries(group_by_row(in.input.view({-1})))
-                         : at::Tensor();
+      scale_grad_by_freq
+          ? row_frequency_of_entries(group_by_row_cpu(in.input.view({-1}), in.num_weights))
+          : at::Tensor();
   const int64_t* frequency =
       scale_grad_by_freq ? frequency_tensor.const_data_ptr<int64_t>() : nullptr;
   const scalar_t* grad = grad_tensor.const_data_ptr<scalar_t>();

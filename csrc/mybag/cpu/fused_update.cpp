@@ -14,8 +14,8 @@
 #include "mybag/kernel_inputs.h"
 #include "mybag/optimizer_checks.h"
 #include "mybag/optimizers.h"
-#include "mybag/row_groups.h"
 #include "mybag/cpu/row_gradients.h"
+#include "mybag/cpu/row_sort.h"
 #include "mybag/cpu/value_checks.h"
 
 namespace mybag::cpu {
@@ -114,7 +114,7 @@ template <Optimizer kind, typename scalar_t, typename index_t>
 void fused_step(const KernelInputs& in, const at::Tensor& grad, const at::Tensor& max_indices,
                 bool scale_grad_by_freq, const Tables<scalar_t, at::opmath_type<scalar_t>>& t,
                 const StepFactors<at::opmath_type<scalar_t>>& f) {
-  const RowGroups groups = group_by_row(in.input.view({-1}));
+  const RowGroups groups = group_by_row_cpu(in.input.view({-1}), in.num_weights);
   const StepRows<kind, scalar_t> sink{t, f};
   if (in.mode == Mode::Max) {
     for_each_max_row_gradient<scalar_t, index_t>(in, grad, max_indices, groups, sink);

@@ -1,6 +1,6 @@
 // Every touched row's whole gradient, one row at a time: what the dense weight gradient stores
 // and what the fused optimizers apply (weight_grad.cpp, fused_update.cpp). The rows are the
-// groups of mybag/row_groups.h (the distinct rows of input, ascending); each group is handled by
+// groups of cpu/row_sort.h (the distinct rows of input, ascending); each group is handled by
 // one task, so the result does not depend on the thread count.
 #pragma once
 

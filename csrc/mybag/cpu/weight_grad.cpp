@@ -1,5 +1,5 @@
 // CPU dense weight gradient, deterministic and free of races without atomics (as
-// cuda/weight_grad.cu, with the same grouping by row: mybag/row_groups.h).
+// cuda/weight_grad.cu, with the same groups by row: cpu/row_sort.h).
 // - sum and mean: entries are grouped by row (a stable sort), and each group is reduced by one
 //   task in input order, in float (or double), then stored once (cpu/row_gradients.h);
 // - max: tasks own disjoint column ranges and walk the bags in order.
@@ -16,8 +16,8 @@
 #include "mybag/checks.h"
 #include "mybag/kernel_inputs.h"
 #include "mybag/reductions.h"
-#include "mybag/row_groups.h"
 #include "mybag/cpu/row_gradients.h"
+#include "mybag/cpu/row_sort.h"
 #include "mybag/cpu/value_checks.h"
 
 namespace mybag::cpu {
@@ -41,7 +41,7 @@ template <typename scalar_t, typename index_t>
 void sum_mean_weight_grad(const KernelInputs& in, const at::Tensor& grad_tensor,
                           bool scale_grad_by_freq, at::Tensor& grad_weight) {
   for_each_row_gradient<scalar_t, index_t>(
-      in, grad_tensor, scale_grad_by_freq, group_by_row(in.input.view({-1})),
+      in, grad_tensor, scale_grad_by_freq, group_by_row_cpu(in.input.view({-1}), in.num_weights),
       StoreRows<scalar_t>{grad_weight.mutable_data_ptr<scalar_t>(), in.dim});
 }
 
