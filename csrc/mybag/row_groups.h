@@ -1,7 +1,7 @@
 // Facts about input that need a sort, written once in ATen operations so they run on input's
-// device: the CUDA kernels group entries by row, count rows and list distinct rows with them,
-// and the CPU kernels fill the same RowGroups with their own radix sort (cpu/row_sort.h), which
-// gives the same groups in the same order. Grouping by row (a stable sort) is what makes both
+// device. The CUDA kernels group entries by row with them; the CPU kernels fill the same
+// RowGroups with their own radix sort (cpu/row_sort.h), which gives the same groups in the same
+// order. Row frequencies and distinct rows are computed here for both devices. Grouping by row (a stable sort) is what makes both
 // devices' weight gradients deterministic without atomics.
 #pragma once
 

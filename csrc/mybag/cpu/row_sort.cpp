@@ -5,6 +5,7 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <bit>
 #include <memory>
 #include <vector>
 
@@ -16,14 +17,7 @@ constexpr int kMaxDigitBits = 16;
 // Entries per sorting task, at least: below it a task's counters cost more than its entries.
 constexpr int64_t kEntriesPerTask = 16384;
 
-int bit_width(uint64_t value) {
-  int bits = 0;
-  while (value != 0) {
-    ++bits;
-    value >>= 1;
-  }
-  return bits;
-}
+int bit_width(uint64_t value) { return static_cast<int>(std::bit_width(value)); }
 
 // Each entry travels as one word, its row above its position: one store per entry and pass
 // rather than two, and the positions of equal rows stay ascending because every pass is stable.

@@ -1,7 +1,7 @@
 // The CPU kernels' grouping of entries by row (mybag/row_groups.h's RowGroups, the same
 // tensors): a stable least-significant-digit radix sort whose digits cover only the bits the
-// table's row count needs. A batch's indices are few next to the comparison sort's fixed costs,
-// so a general sort took a large share of a training step; a counting pass per digit does not.
+// table's row count needs. ATen's sort of a batch's indices took a large share of a training
+// step; a counting pass per digit, over that many digits only, does not.
 #pragma once
 
 #include <ATen/core/Tensor.h>
